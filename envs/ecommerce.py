@@ -1,0 +1,136 @@
+"""``ECommerceEnv``: the simulated shop as a gymnasium environment.
+
+Each step the agent recommends one catalog item (action = item index). The observation is the user's
+recent clickstream — the last ``history_length`` events, each an item token (item index + 1; 0 = padding)
+and an event code (see :mod:`envs.response`), left-padded — plus the mask of this step's candidates.
+Ignored recommendations are in the history too: without them a greedy learner never discovers what the
+user wants. Everything else about the user is hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.catalog import Catalog
+from envs.config import EnvConfig, make_env_config
+from envs.response import EVENT_NAMES, N_EVENT_TYPES, ORGANIC, RewardFunction, make_response_model
+from envs.users import UserSampler, UserState
+
+__all__ = ["ECommerceEnv", "InvalidActionError"]
+
+
+class InvalidActionError(ValueError):
+    """The action is not an item index or not among this step's candidates."""
+
+
+class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self, config: EnvConfig | Mapping[str, Any] | str | None = None, render_mode: str | None = None
+    ) -> None:
+        # RLlib passes an EnvContext (a dict subclass); a preset name or an EnvConfig work too.
+        self.config: EnvConfig = make_env_config(dict(config) if isinstance(config, Mapping) else config, "env")
+        cfg = self.config
+        self.render_mode = render_mode
+        self.catalog = Catalog(cfg.catalog)
+        self.user_sampler = UserSampler(cfg.users, self.catalog, cfg.catalog.seed)
+        self.reward_fn = RewardFunction(cfg.rewards)
+        self.response = make_response_model(cfg.response, self.catalog, self.reward_fn)
+        n, h = cfg.catalog.n_items, cfg.history_length
+        self.n_items, self.history_length = n, h
+        self.observation_space = spaces.Dict(
+            {
+                "items": spaces.Box(0, n, shape=(h,), dtype=np.int32),
+                "events": spaces.Box(0, N_EVENT_TYPES - 1, shape=(h,), dtype=np.int32),
+                "action_mask": spaces.Box(0, 1, shape=(n,), dtype=np.int8),
+            }
+        )
+        self.action_space = spaces.Discrete(n)
+        self.user: UserState | None = None
+        self.t = 0
+        self._items = np.zeros(h, dtype=np.int32)
+        self._events = np.zeros(h, dtype=np.int32)
+        self._mask = np.ones(n, dtype=np.int8)
+
+    # -- gymnasium API ---------------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        # The user is drawn first, so the same seed gives the same user whatever the policy does later.
+        self.user = self.user_sampler.sample(rng)
+        self.t = 0
+        self._items.fill(0)
+        self._events.fill(0)
+        lo, hi = self.config.users.initial_history
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            self._push(self.response.sample_organic(self.user, rng), ORGANIC)
+        self._draw_candidates()
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self.user is None:
+            raise RuntimeError("ECommerceEnv.step() called before reset()")
+        item = self._check_action(action)
+        rng = self.np_random
+        event = self.response.respond(self.user, item, self.t, rng)
+        reward = self.reward_fn(event)
+        self._push(item, event)
+        browsed, shifted = self.response.tick(self.user, rng)
+        for b in browsed:
+            self._push(b, ORGANIC)
+        self.t += 1
+        terminated = bool(self.config.response.churn and self.user.patience <= 0.0)
+        truncated = bool(not terminated and self.t >= self.config.max_steps)
+        self._draw_candidates()
+        info = {"event": event, "interest_shift": shifted, "churned": terminated}
+        return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self.user is None:
+            return None
+        events = [f"{EVENT_NAMES[e]}:{i - 1}" for i, e in zip(self._items, self._events, strict=True) if e]
+        return f"t={self.t} patience={self.user.patience:.2f} history=[{', '.join(events)}]"
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    @property
+    def candidates(self) -> np.ndarray:
+        """Item indices that may be recommended this step."""
+        return np.flatnonzero(self._mask)
+
+    def _check_action(self, action: Any) -> int:
+        if isinstance(action, np.ndarray) and action.shape == ():
+            action = action.item()
+        if isinstance(action, np.integer):
+            action = int(action)
+        if not isinstance(action, int) or isinstance(action, bool) or not 0 <= action < self.n_items:
+            raise InvalidActionError(f"action {action!r} is not an item index in [0, {self.n_items})")
+        if not self._mask[action]:
+            raise InvalidActionError(f"action {action} is masked: item {action} is not a candidate this step")
+        return action
+
+    def _push(self, item: int, event: int) -> None:
+        self._items[:-1] = self._items[1:]
+        self._events[:-1] = self._events[1:]
+        self._items[-1] = item + 1
+        self._events[-1] = event
+
+    def _draw_candidates(self) -> None:
+        k = self.config.n_candidates
+        if k == 0:
+            return  # every item, always: the all-ones mask never changes
+        rng = self.np_random
+        n_pop = k // 2  # half by popularity (what a retrieval stage would surface), half for coverage
+        cands = np.concatenate([self.catalog.sample_popular(n_pop, rng), rng.integers(0, self.n_items, k - n_pop)])
+        self._mask.fill(0)
+        self._mask[cands] = 1
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"items": self._items.copy(), "events": self._events.copy(), "action_mask": self._mask.copy()}

@@ -1,0 +1,209 @@
+"""Response models: how a hidden user reacts to one recommended item, and how that changes the user.
+
+Events (also the observation's event codes): 0 padding, 1 organic browse, 2 shown-ignored, 3 view,
+4 click, 5 purchase. A purchase implies a click; the recorded event is the deepest funnel stage reached.
+
+``FunnelResponse`` is the shop: notice (view) -> click -> purchase, with fatigue, interest drift and shifts,
+engagement growth, and patience/churn. Clickbait items (high appeal, low quality) pay now and cost later:
+a click on a low-quality item drains patience and purchase intent, so a myopic policy churns users sooner.
+``NotebookResponse`` is the seed notebook's click model, for the ``seed`` preset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.catalog import Catalog
+from envs.config import ResponseConfig, RewardConfig
+from envs.users import UserState
+
+__all__ = [
+    "PAD",
+    "ORGANIC",
+    "IGNORED",
+    "VIEW",
+    "CLICK",
+    "PURCHASE",
+    "EVENT_NAMES",
+    "N_EVENT_TYPES",
+    "RewardFunction",
+    "FunnelResponse",
+    "NotebookResponse",
+    "make_response_model",
+]
+
+PAD, ORGANIC, IGNORED, VIEW, CLICK, PURCHASE = range(6)
+EVENT_NAMES = ("pad", "organic", "ignored", "view", "click", "purchase")
+N_EVENT_TYPES = len(EVENT_NAMES)
+
+
+class RewardFunction:
+    """Reward of the event a recommendation produced (organic browsing is not the agent's doing)."""
+
+    def __init__(self, config: RewardConfig) -> None:
+        self.config = config
+        self.table = np.zeros(N_EVENT_TYPES)
+        self.table[IGNORED] = config.none
+        self.table[VIEW] = config.view
+        self.table[CLICK] = config.click
+        self.table[PURCHASE] = config.purchase
+
+    def __call__(self, event: int) -> float:
+        return float(self.table[event])
+
+
+class FunnelResponse:
+    """view -> click -> purchase funnel over a :class:`Catalog`, mutating a :class:`UserState`."""
+
+    def __init__(self, config: ResponseConfig, catalog: Catalog, rewards: RewardFunction) -> None:
+        self.config, self.catalog, self.rewards = config, catalog, rewards
+
+    # -- probabilities (vectorised over candidate items; used by the simulator and by the oracles) ----------
+    def probabilities(
+        self, user: UserState, items: np.ndarray, t: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P(notice), P(click | notice), P(purchase | click) for each item in ``items`` ([K] each)."""
+        cfg, cat = self.config, self.catalog
+        c = cat.category[items]
+        match = user.interest[c] / user.interest.max()  # [K] in (0, 1]
+        if cfg.fatigue:
+            damp = np.exp(-user.fatigue[c])
+            damp = np.where(t - user.last_shown[items] <= cfg.repeat_window, damp * cfg.repeat_penalty, damp)
+        else:
+            damp = 1.0
+        p_notice = np.minimum(cfg.view_base + cfg.view_gain * match * damp, 0.98)
+        p_click = np.minimum(cat.appeal[items] * user.click_propensity * (0.2 + 0.8 * match) * damp, 0.95)
+        if cfg.purchases:
+            p_buy = np.minimum(user.purchase_propensity * cat.quality[items] * (1.3 - cat.price[items]), 0.9)
+        else:
+            p_buy = np.zeros(len(items))
+        return p_notice, p_click, p_buy
+
+    def expected_reward(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
+        """E[reward] of recommending each item now ([K])."""
+        pv, pc, pb = self.probabilities(user, items, t)
+        r = self.rewards.table
+        r_seen = r[VIEW] if self.config.views else r[IGNORED]
+        return (1 - pv) * r[IGNORED] + pv * ((1 - pc) * r_seen + pc * ((1 - pb) * r[CLICK] + pb * r[PURCHASE]))
+
+    def expected_patience_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
+        """E[patience change] of recommending each item now ([K]); zero when churn is off."""
+        cfg = self.config
+        if not cfg.churn:
+            return np.zeros(len(items))
+        pv, pc, pb = self.probabilities(user, items, t)
+        seen_cost = cfg.view_cost if cfg.views else cfg.ignore_cost
+        on_click = cfg.quality_gain * (self.catalog.quality[items] - 0.5) + pb * cfg.purchase_gain
+        return -(1 - pv) * cfg.ignore_cost - pv * (1 - pc) * seen_cost + pv * pc * on_click
+
+    def expected_trust_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
+        """E[purchase-propensity change] of recommending each item now ([K]); clickbait erodes trust."""
+        cfg = self.config
+        if not (cfg.engagement_growth and cfg.purchases):
+            return np.zeros(len(items))
+        pv, pc, _ = self.probabilities(user, items, t)
+        return pv * pc * cfg.trust_growth * (self.catalog.quality[items] - 0.5)
+
+    # -- one recommendation ----------------------------------------------------------------------------------
+    def respond(self, user: UserState, item: int, t: int, rng: np.random.Generator) -> int:
+        """Sample the user's reaction to ``item`` at step ``t``, update the user, return the event code."""
+        cfg, cat = self.config, self.catalog
+        idx = np.array([item])
+        pv, pc, pb = (float(p[0]) for p in self.probabilities(user, idx, t))
+        u_notice, u_click, u_buy = rng.random(3)
+        c = int(cat.category[item])
+        if cfg.fatigue:
+            user.fatigue[c] += cfg.fatigue_rate
+        user.last_shown[item] = t
+
+        if u_notice >= pv:
+            event = IGNORED
+        elif u_click >= pc:
+            event = VIEW if cfg.views else IGNORED
+        else:
+            event = PURCHASE if u_buy < pb else CLICK
+
+        quality = float(cat.quality[item])
+        if cfg.churn:
+            if event == IGNORED:
+                user.patience -= cfg.ignore_cost
+            elif event == VIEW:
+                user.patience -= cfg.view_cost
+            else:
+                user.patience += cfg.quality_gain * (quality - 0.5)
+                if event == PURCHASE:
+                    user.patience += cfg.purchase_gain
+        if event >= CLICK:
+            if cfg.engagement_growth:
+                user.click_propensity = min(1.0, user.click_propensity + cfg.click_growth)
+                pp = user.purchase_propensity + cfg.trust_growth * (quality - 0.5)
+                user.purchase_propensity = min(1.0, max(0.0, pp))
+            if cfg.interest_drift:
+                user.interest *= 1 - cfg.drift_rate
+                user.interest[c] += cfg.drift_rate
+        return event
+
+    def tick(self, user: UserState, rng: np.random.Generator) -> tuple[list[int], bool]:
+        """Between recommendations: fatigue decays, intent may shift, the user may browse organically.
+
+        Returns the organically browsed items (appended to the history) and whether interest shifted.
+        """
+        cfg = self.config
+        if cfg.fatigue:
+            user.fatigue *= cfg.fatigue_decay
+        browsed: list[int] = []
+        shifted = False
+        u_shift, u_organic = rng.random(2)
+        n_cat = self.catalog.n_categories
+        if cfg.interest_shift and n_cat > 1 and u_shift < cfg.shift_prob:
+            current = int(np.argmax(user.interest))
+            new = int(rng.integers(n_cat - 1))
+            new += new >= current  # any category but the current favourite
+            user.interest *= 1 - cfg.shift_strength
+            user.interest[new] += cfg.shift_strength
+            shifted = True
+            if cfg.organic_browsing:  # a new intent shows up as the user looking for it
+                browsed.append(self.catalog.sample_in_category(new, rng))
+        if cfg.organic_browsing and u_organic < cfg.organic_prob:
+            browsed.append(self.sample_organic(user, rng))
+        return browsed, shifted
+
+    def sample_organic(self, user: UserState, rng: np.random.Generator) -> int:
+        """An item the user browses on their own: category by interest, item by popularity."""
+        cdf = np.cumsum(user.interest)
+        c = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+        return self.catalog.sample_in_category(min(c, self.catalog.n_categories - 1), rng)
+
+
+class NotebookResponse(FunnelResponse):
+    """The seed notebook's model: the item whose index equals the user's location is clicked with
+    probability a + b * propensity, any other item with a fixed probability; clicks raise the propensity.
+    Only clicks and ignored recommendations happen."""
+
+    def probabilities(
+        self, user: UserState, items: np.ndarray, t: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = self.config.notebook_match_click
+        p_click = np.where(items == user.location, a + b * user.click_propensity, self.config.notebook_other_click)
+        ones = np.ones(len(items))
+        return ones, np.minimum(p_click, 1.0), np.zeros(len(items))
+
+    def expected_patience_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
+        return np.zeros(len(items))
+
+    def expected_trust_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
+        return np.zeros(len(items))
+
+    def respond(self, user: UserState, item: int, t: int, rng: np.random.Generator) -> int:
+        _, pc, _ = self.probabilities(user, np.array([item]), t)
+        user.last_shown[item] = t
+        if rng.random() < pc[0]:
+            if self.config.engagement_growth:
+                user.click_propensity = min(1.0, user.click_propensity + self.config.click_growth)
+            return CLICK
+        return IGNORED
+
+
+def make_response_model(config: ResponseConfig, catalog: Catalog, rewards: RewardFunction) -> FunnelResponse:
+    cls = NotebookResponse if config.model == "notebook" else FunnelResponse
+    return cls(config, catalog, rewards)

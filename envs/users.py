@@ -1,0 +1,69 @@
+"""Users: hidden demographics -> category interests, plus the engagement state the response model moves.
+
+Demographics (age in [0, 1], gender in {0, 1}, one of ``n_locations`` locations, as in the seed notebook)
+set a prior over category interests through a fixed random linear map; each user adds personal noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.catalog import Catalog
+from envs.config import UserConfig
+
+__all__ = ["UserState", "UserSampler"]
+
+
+@dataclass
+class UserState:
+    """Everything about the user that the agent cannot see (oracles may)."""
+
+    age: float
+    gender: int
+    location: int
+    interest: np.ndarray  # [C] probabilities over categories
+    fatigue: np.ndarray  # [C] >= 0
+    last_shown: np.ndarray  # [N] step at which each item was last recommended (-inf-ish if never)
+    click_propensity: float
+    purchase_propensity: float
+    patience: float
+
+
+class UserSampler:
+    """Draws new users; the demographics -> interest map is fixed by the catalog seed."""
+
+    def __init__(self, config: UserConfig, catalog: Catalog, seed: int) -> None:
+        self.config, self.catalog = config, catalog
+        rng = np.random.default_rng([seed, 1])
+        c = catalog.n_categories
+        self._location_logits = rng.normal(0.0, 1.5, (config.n_locations, c))  # [L, C]
+        self._age_logits = rng.normal(0.0, 1.0, c)  # [C]
+        self._gender_logits = rng.normal(0.0, 0.5, (2, c))  # [2, C]
+
+    def sample(self, rng: np.random.Generator) -> UserState:
+        cfg, c = self.config, self.catalog.n_categories
+        age = float(rng.random())
+        gender = int(rng.integers(2))
+        location = int(rng.integers(cfg.n_locations))
+        noise = rng.normal(0.0, 1.0, c)
+        if cfg.demographics:
+            logits = self._location_logits[location] + (2 * age - 1) * self._age_logits + self._gender_logits[gender]
+            logits = logits + 0.5 * noise
+        else:
+            logits = noise
+        z = cfg.interest_sharpness * logits
+        interest = np.exp(z - z.max())
+        interest /= interest.sum()
+        return UserState(
+            age=age,
+            gender=gender,
+            location=location,
+            interest=interest,
+            fatigue=np.zeros(c),
+            last_shown=np.full(self.catalog.n_items, -(10**9), dtype=np.int64),
+            click_propensity=float(rng.uniform(*cfg.click_propensity)),
+            purchase_propensity=float(rng.uniform(*cfg.purchase_propensity)),
+            patience=float(rng.uniform(*cfg.patience)),
+        )

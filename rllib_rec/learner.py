@@ -1,0 +1,125 @@
+"""DQN learner with a combined prioritised-replay x inverse-propensity sample weight.
+
+Per sample i of a replayed batch the Huber TD loss is multiplied by
+
+    w_i = normalise( per_i ** use_per  *  min(1 / p_i, ips_clip) ** use_ips )
+
+* ``per_i`` = ``batch["weights"]``: the importance-sampling weight of RLlib's
+  `PrioritizedEpisodeReplayBuffer` (``(N * P(i)) ** -beta``, divided by the buffer-wide maximum, so
+  in (0, 1]). Sampling priorities (alpha) and their updates from |TD error| are untouched: the TD
+  errors logged by the stock loss are unweighted, so priority updates keep working.
+* ``p_i`` = ``batch[Columns.ACTION_PROB]``: the behaviour probability of the logged action, written by
+  `TransformerDQNModule._forward_exploration` ((1 - eps) * 1[a = greedy] + eps / |mask|) and carried
+  through replay by the buffers in `rllib_rec.replay` (give one as `replay_buffer_config["type"]`).
+  ``min(1/p, clip)`` is computed as ``1 / max(p, 1/clip)`` so p = 0 or a missing prob cannot blow up.
+
+Normalisation (decision): the combined weight is divided by its **batch mean** (self-normalised
+importance weights), so the weighted loss has the scale of the unweighted loss whatever is switched
+on. Reason: the PER weights' buffer-wide-max normalisation makes their batch mean drift (≈0.05 is
+typical), which silently rescales the effective learning rate and interacts with Huber's delta and
+gradient clipping; IPS weights have the opposite problem (mean ≫ 1 up to ``ips_clip``). Batch-mean
+normalisation keeps the relative weighting inside the batch (what PER/IPS are for) and makes the
+lr / grad_clip / on-off switches independent. Cost: a small O(1/B) self-normalisation bias, the
+usual trade for much lower variance (as in SNIPS). With both switches off every weight is exactly 1.
+
+Settings come from ``config.learner_config_dict`` (see `DEFAULT_LEARNER_SETTINGS`):
+    use_per (bool, True), use_ips (bool, False), ips_clip (float, 10.0), normalize ("mean" | "none").
+To disable PER sampling itself (not just its weights) use a uniform buffer (`UNIFORM_BUFFER`) or
+``alpha=0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
+from ray.rllib.core.columns import Columns
+
+__all__ = ["DEFAULT_LEARNER_SETTINGS", "WeightedDQNTorchLearner", "combined_weights", "learner_settings"]
+
+DEFAULT_LEARNER_SETTINGS: dict[str, Any] = {
+    "use_per": True,
+    "use_ips": False,
+    "ips_clip": 10.0,
+    "normalize": "mean",
+}
+
+
+def combined_weights(
+    per_weights: torch.Tensor | None,
+    behaviour_probs: torch.Tensor | None,
+    use_per: bool,
+    use_ips: bool,
+    ips_clip: float,
+    normalize: str = "mean",
+) -> torch.Tensor:
+    """Per-sample loss weights [B] = normalise(PER weight x clipped inverse propensity).
+
+    Args:
+        per_weights: [B] prioritised-replay importance weights (ignored unless `use_per`).
+        behaviour_probs: [B] probability the behaviour policy gave the logged action (ignored unless
+            `use_ips`).
+        use_per / use_ips: switch each factor on or off.
+        ips_clip: upper bound for 1/p (must be >= 1).
+        normalize: "mean" divides by the batch mean (module docstring explains why); "none" keeps raw.
+
+    Returns:
+        A detached float32 tensor [B]; all ones when both factors are off.
+    """
+    ref = per_weights if per_weights is not None else behaviour_probs
+    if ref is None:
+        raise ValueError("combined_weights needs per_weights or behaviour_probs to know the batch size")
+    w = torch.ones(ref.shape[0], dtype=torch.float32, device=ref.device)  # [B]
+    if use_per:
+        if per_weights is None:
+            raise ValueError("use_per=True but the batch has no 'weights' column")
+        w = w * per_weights.detach().to(torch.float32).reshape(-1)
+    if use_ips:
+        if behaviour_probs is None:
+            raise ValueError(
+                "use_ips=True but the batch has no ACTION_PROB column: use TransformerDQNModule and a "
+                "buffer from rllib_rec.replay (PRIORITIZED_BUFFER / UNIFORM_BUFFER)"
+            )
+        if ips_clip < 1.0:
+            raise ValueError(f"ips_clip must be >= 1, got {ips_clip}")
+        p = torch.nan_to_num(behaviour_probs.detach().to(torch.float32).reshape(-1), nan=0.0)
+        w = w * (1.0 / torch.clamp(p, min=1.0 / float(ips_clip)))  # min(1/p, clip)
+    if normalize == "mean":
+        w = w / torch.clamp(w.mean(), min=1e-12)
+    elif normalize != "none":
+        raise ValueError(f"normalize must be 'mean' or 'none', got {normalize!r}")
+    return w
+
+
+def learner_settings(learner_config_dict: dict[str, Any] | None) -> dict[str, Any]:
+    """Merges `config.learner_config_dict` over `DEFAULT_LEARNER_SETTINGS` and checks the keys."""
+    given = dict(learner_config_dict or {})
+    out = {**DEFAULT_LEARNER_SETTINGS, **{k: v for k, v in given.items() if k in DEFAULT_LEARNER_SETTINGS}}
+    out["use_per"], out["use_ips"] = bool(out["use_per"]), bool(out["use_ips"])
+    out["ips_clip"] = float(out["ips_clip"])
+    return out
+
+
+class WeightedDQNTorchLearner(DQNTorchLearner):
+    """`DQNTorchLearner` whose per-sample Huber/MSE TD loss is weighted by `combined_weights`.
+
+    It swaps the combined weight into ``batch["weights"]`` (the stock loss multiplies exactly that
+    column into the per-sample loss) and delegates to the stock loss, so double-Q, n-step, terminal
+    masking, TD-error logging and hence PER priority updates stay RLlib's own code.
+    """
+
+    def compute_loss_for_module(self, *, module_id: str, config: Any, batch: dict, fwd_out: dict) -> torch.Tensor:
+        s = learner_settings(getattr(self.config, "learner_config_dict", None))
+        per = batch.get("weights")
+        probs = batch.get(Columns.ACTION_PROB)
+        w = combined_weights(per, probs, s["use_per"], s["use_ips"], s["ips_clip"], s["normalize"])  # [B]
+        stats = {"sample_weight_max": w.max(), "sample_weight_min": w.min()}
+        if per is not None:
+            stats["per_weight_mean"] = per.float().mean()
+        if probs is not None:
+            stats["behaviour_prob_mean"] = probs.float().mean()
+            stats["ips_clipped_frac"] = (probs.float() < 1.0 / s["ips_clip"]).float().mean()
+        self.metrics.log_dict(stats, key=module_id, window=1)
+        batch = {**batch, "weights": w}
+        return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)

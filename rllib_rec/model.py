@@ -1,0 +1,203 @@
+"""Keras 3 Transformer Q-network shared by training (torch backend) and export (TF backend).
+
+One `build_q_model(...)` serves both backends: RLlib trains it on `KERAS_BACKEND=torch` (a Keras
+model is a `torch.nn.Module` there), and `export.py` rebuilds it on `KERAS_BACKEND=tensorflow`, copies
+the weights over by Keras variable path (`q_model_weights` / `load_q_model_weights`) and converts it to
+TFLite with builtin ops only. Everything in here therefore sticks to static shapes and ops that both
+backends and the TFLite converter understand (no `-inf`, no data-dependent shapes, no custom kernels).
+
+Inputs (a dict, all int32; cast an int8 `action_mask` before calling):
+    items        [B, T]  item tokens, 0 = padding, action index a appears as token a + 1
+    events       [B, T]  event types, 0 = padding, 1..5 = browse/ignored/view/click/purchase
+    action_mask  [B, A]  1 = candidate this step
+Output:
+    q            [B, A]  Q-values; items with mask 0 are set to `MASKED_Q` (finite, very negative)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+__all__ = [
+    "MASKED_Q",
+    "PositionalEmbedding",
+    "build_q_model",
+    "load_q_model_weights",
+    "q_model_weights",
+]
+
+# Value written into the Q-vector for items that are not candidates. Finite on purpose:
+# `q + (mask - 1) * inf` produces NaN where mask == 1 (0 * inf), and the TFLite converter turns
+# -inf into -3.4e38 anyway. 1e9 is far below any achievable return yet far from float32 overflow
+# when something downstream sums or averages Q-values.
+MASKED_Q: float = -1e9
+
+
+@keras.saving.register_keras_serializable(package="rllib_rec")
+class PositionalEmbedding(layers.Layer):
+    """Adds a learned [T, D] positional table to a [B, T, D] sequence.
+
+    A layer of its own (rather than `Embedding(arange(T))`) so that the table is a trainable weight of
+    the functional graph instead of a constant captured at build time.
+    """
+
+    def __init__(self, sequence_length: int, embed_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sequence_length = int(sequence_length)
+        self.embed_dim = int(embed_dim)
+
+    def build(self, input_shape):
+        self.table = self.add_weight(
+            name="table",
+            shape=(self.sequence_length, self.embed_dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            trainable=True,
+        )
+
+    def call(self, x):
+        return x + ops.expand_dims(self.table, 0)  # [B, T, D] + [1, T, D]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sequence_length": self.sequence_length, "embed_dim": self.embed_dim}
+
+
+def _encoder_block(
+    x,
+    attention_mask,
+    *,
+    embed_dim: int,
+    num_heads: int,
+    ff_dim: int,
+    dropout: float,
+    index: int,
+):
+    """Post-norm Transformer encoder block: x -> LN(x + MHA(x)) -> LN(x + FF(x))."""
+    attn = layers.MultiHeadAttention(
+        num_heads=num_heads,
+        key_dim=max(1, embed_dim // num_heads),
+        dropout=dropout,
+        name=f"mha_{index}",
+    )(x, x, attention_mask=attention_mask)  # [B, T, D]
+    if dropout > 0:
+        attn = layers.Dropout(dropout, name=f"attn_drop_{index}")(attn)
+    x = layers.LayerNormalization(epsilon=1e-6, name=f"ln1_{index}")(x + attn)  # [B, T, D]
+    ff = layers.Dense(ff_dim, activation="relu", name=f"ff1_{index}")(x)  # [B, T, F]
+    ff = layers.Dense(embed_dim, name=f"ff2_{index}")(ff)  # [B, T, D]
+    if dropout > 0:
+        ff = layers.Dropout(dropout, name=f"ff_drop_{index}")(ff)
+    return layers.LayerNormalization(epsilon=1e-6, name=f"ln2_{index}")(x + ff)  # [B, T, D]
+
+
+def build_q_model(
+    n_items: int,
+    history_length: int,
+    n_event_types: int = 6,
+    embed_dim: int = 32,
+    num_heads: int = 2,
+    num_layers: int = 1,
+    ff_dim: int = 64,
+    dropout: float = 0.0,
+    mlp_hidden: Sequence[int] = (64, 32),
+    dueling: bool = True,
+    name: str = "q_net",
+) -> keras.Model:
+    """Builds the Transformer Q-network as a Keras functional model with dict inputs.
+
+    Padding (item token 0) is masked out of attention keys and out of the mean pooling. A fully padded
+    (cold-start) history would leave no key to attend to, which is NaN in softmax/SDPA; in that case the
+    mask falls back to "all positions", so a cold-start user gets a learned representation built from
+    the padding and positional embeddings instead of NaN.
+    """
+    # np.int64 (e.g. `action_space.n`) breaks Dense(units=...), so cast everything structural.
+    n_items, history_length, n_event_types = int(n_items), int(history_length), int(n_event_types)
+    embed_dim, num_heads, num_layers, ff_dim = int(embed_dim), int(num_heads), int(num_layers), int(ff_dim)
+    dropout = float(dropout)
+    if n_items < 1 or history_length < 1:
+        raise ValueError(f"n_items and history_length must be >= 1, got {n_items}, {history_length}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+
+    items = keras.Input(shape=(history_length,), dtype="int32", name="items")  # [B, T]
+    events = keras.Input(shape=(history_length,), dtype="int32", name="events")  # [B, T]
+    action_mask = keras.Input(shape=(n_items,), dtype="int32", name="action_mask")  # [B, A]
+
+    # Embeddings: item tokens 0..n_items (0 = pad), event types 0..n_event_types-1, positions.
+    x = layers.Embedding(n_items + 1, embed_dim, name="item_embedding")(items)  # [B, T, D]
+    x = x + layers.Embedding(n_event_types, embed_dim, name="event_embedding")(events)  # [B, T, D]
+    x = PositionalEmbedding(history_length, embed_dim, name="position_embedding")(x)  # [B, T, D]
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="embed_drop")(x)
+
+    # Key-padding mask with cold-start fallback (see docstring). Float arithmetic keeps it to
+    # builtin TFLite ops (GREATER, CAST, MAXIMUM, SUB, REDUCE_MAX).
+    valid = ops.cast(ops.greater(items, 0), "float32")  # [B, T]
+    any_valid = ops.max(valid, axis=1, keepdims=True)  # [B, 1]
+    keys = ops.maximum(valid, 1.0 - any_valid)  # [B, T]; all ones for an empty history
+    attention_mask = ops.greater(
+        ops.repeat(ops.expand_dims(keys, 1), history_length, axis=1), 0.5
+    )  # [B, T(query), T(key)] bool
+
+    for i in range(num_layers):
+        x = _encoder_block(
+            x, attention_mask, embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout, index=i
+        )
+
+    # Masked mean pooling over the same positions attention may look at (>= 1 position always).
+    weights = ops.expand_dims(keys, -1)  # [B, T, 1]
+    pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)  # [B, D]
+
+    h = pooled
+    for j, units in enumerate(mlp_hidden):
+        h = layers.Dense(int(units), activation="relu", name=f"mlp_{j}")(h)  # [B, H]
+
+    if dueling:
+        advantage = layers.Dense(n_items, name="advantage")(h)  # [B, A]
+        value = layers.Dense(1, name="value")(h)  # [B, 1]
+        q = value + advantage - ops.mean(advantage, axis=-1, keepdims=True)  # [B, A]
+    else:
+        q = layers.Dense(n_items, name="q")(h)  # [B, A]
+
+    allowed = ops.greater(action_mask, 0)  # [B, A] bool
+    q = ops.where(allowed, q, ops.full_like(q, MASKED_Q))  # [B, A]
+    return keras.Model(
+        inputs={"items": items, "events": events, "action_mask": action_mask}, outputs=q, name=name
+    )
+
+
+def q_model_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """Returns the model's weights as {Keras variable path: numpy array}.
+
+    Paths (e.g. ``"mha_0/query/kernel"``) are identical on every backend for the same
+    `build_q_model(...)` arguments, so this is how weights move from the torch-trained model to the
+    TF-backend model used for export.
+    """
+    return {v.path: np.asarray(ops.convert_to_numpy(v.value)) for v in model.weights}
+
+
+def load_q_model_weights(
+    model: keras.Model, weights: Mapping[str, np.ndarray], *, strip_prefix: str = "", strict: bool = True
+) -> None:
+    """Assigns weights given as {variable path: array} (from `q_model_weights`) to `model`.
+
+    `strip_prefix` drops a leading prefix from the keys first (e.g. ``"qnet."`` when passing an RLModule
+    state dict); entries without the prefix are then ignored. With `strict`, any missing/unexpected
+    path or shape mismatch raises, so a wrong architecture fails loudly instead of half-loading.
+    """
+    if strip_prefix:
+        weights = {k[len(strip_prefix):]: v for k, v in weights.items() if k.startswith(strip_prefix)}
+    by_path = {v.path: v for v in model.weights}
+    missing = sorted(set(by_path) - set(weights))
+    unexpected = sorted(set(weights) - set(by_path))
+    if strict and (missing or unexpected):
+        raise KeyError(f"weight paths differ: missing={missing[:5]} unexpected={unexpected[:5]}")
+    for path, var in by_path.items():
+        if path not in weights:
+            continue
+        value = np.asarray(weights[path])
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"shape mismatch for {path}: {value.shape} vs {tuple(var.shape)}")
+        var.assign(value.astype(var.dtype))

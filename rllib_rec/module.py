@@ -1,0 +1,198 @@
+"""RLlib RLModule wrapping the Keras Transformer Q-network (Keras on the torch backend).
+
+`TransformerDQNModule` plugs `rllib_rec.model.build_q_model` into RLlib's new API stack DQN:
+
+* The Keras model *is* a `torch.nn.Module` under `KERAS_BACKEND=torch`, so RLlib's torch optimizer,
+  `state_dict` weight sync and checkpointing work unchanged. State-dict keys are
+  ``"qnet._torch_params.<keras variable path>"`` (target: ``"_target_qnet..."``, dropped for
+  inference-only modules).
+* The stock DQN catalog cannot build an encoder for a Dict observation, so `setup()` does not call the
+  parent's; it builds the Keras net from `model_config` instead.
+* Masks are honoured everywhere: the network itself writes `MASKED_Q` into non-candidate items, the
+  greedy action is `argmax(where(mask, q, finfo.min))`, and the random action is drawn uniformly from
+  the mask (the stock exploration samples among "Q != 0", which picks masked items and crashes on a
+  cold-start user). Exploration also emits the behaviour probability of the chosen action as
+  `Columns.ACTION_PROB` for inverse-propensity weighting in the learner.
+* Optional `torch.jit.trace` of the Keras net (`model_config["jit_trace"]`, default True): Keras adds
+  ~1 ms framework overhead per forward at these sizes; the traced graph shares the parameters (so
+  optimizer steps and `load_state_dict` syncs need no re-trace) and is kept out of `state_dict`.
+  It is skipped automatically when dropout > 0 (a trace freezes the training flag).
+
+`model_config` keys read here (defaults in `DEFAULT_MODEL_CONFIG`): embed_dim, num_heads, num_layers,
+ff_dim, dropout, mlp_hidden, n_event_types, jit_trace, dueling (DQNConfig's `dueling` unless given),
+plus DQNConfig's auto-included double_q, epsilon, num_atoms (must be 1).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import keras
+import torch
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
+from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.schedules.scheduler import Scheduler
+
+from rllib_rec.model import build_q_model
+
+__all__ = ["DEFAULT_MODEL_CONFIG", "TransformerDQNModule", "masked_epsilon_greedy"]
+
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "num_heads": 2,
+    "num_layers": 1,
+    "ff_dim": 64,
+    "dropout": 0.0,
+    "mlp_hidden": (64, 32),
+    "n_event_types": 6,
+    "dueling": True,
+    "jit_trace": True,
+}
+_OBS_KEYS = ("items", "events", "action_mask")
+
+
+def masked_epsilon_greedy(
+    q: torch.Tensor, mask: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Epsilon-greedy over the allowed items only.
+
+    Args:
+        q: [B, A] Q-values.
+        mask: [B, A] candidate mask (nonzero = allowed); every row needs at least one allowed item.
+        epsilon: probability of replacing the greedy action by a uniform draw from the mask.
+
+    Returns:
+        actions [B] int64 and the behaviour probability of each chosen action [B] float32:
+        ``(1 - eps) * 1[a == greedy] + eps / |mask|``.
+    """
+    allowed = mask > 0  # [B, A]
+    greedy = torch.argmax(torch.where(allowed, q, torch.finfo(q.dtype).min), dim=-1)  # [B]
+    n_allowed = allowed.sum(dim=-1).clamp(min=1).to(torch.float32)  # [B]
+    eps = float(epsilon)
+    if eps > 0.0:
+        random = torch.multinomial(allowed.to(torch.float32), num_samples=1).squeeze(1)  # [B]
+        explore = torch.rand(q.shape[0], device=q.device) < eps  # [B]
+        actions = torch.where(explore, random, greedy)  # [B]
+    else:
+        actions = greedy
+    probs = (1.0 - eps) * (actions == greedy).to(torch.float32) + eps / n_allowed  # [B]
+    return actions, probs
+
+
+class TransformerDQNModule(DefaultDQNTorchRLModule):
+    """DQN RLModule whose Q-network is the Keras Transformer from `rllib_rec.model`."""
+
+    def setup(self) -> None:
+        backend = keras.backend.backend()
+        if backend != "torch" or os.environ.get("KERAS_BACKEND", "torch") != "torch":
+            raise RuntimeError(
+                f"TransformerDQNModule needs KERAS_BACKEND=torch set before anything imports ray.rllib "
+                f"(Keras backend is {backend!r}, env {os.environ.get('KERAS_BACKEND')!r})."
+            )
+        if not isinstance(self.observation_space, gym.spaces.Dict) or set(_OBS_KEYS) - set(
+            self.observation_space.spaces
+        ):
+            raise ValueError(f"observation space must be a Dict with keys {_OBS_KEYS}, got {self.observation_space}")
+        if not isinstance(self.action_space, gym.spaces.Discrete):
+            raise ValueError(f"action space must be Discrete, got {self.action_space}")
+
+        cfg = {**DEFAULT_MODEL_CONFIG, **(self.model_config or {})}
+        num_atoms = int(cfg.get("num_atoms", 1) or 1)
+        if num_atoms != 1:
+            raise ValueError("TransformerDQNModule supports expectation DQN only (num_atoms=1).")
+        self.num_atoms = 1
+        self.uses_dueling = bool(cfg["dueling"])
+        self.uses_double_q = bool(cfg.get("double_q", True))
+        self.epsilon_schedule = Scheduler(
+            fixed_value_or_schedule=cfg.get("epsilon", [(0, 1.0), (10000, 0.05)]), framework=self.framework
+        )
+
+        n_items = int(self.action_space.n)
+        history_length = int(self.observation_space["items"].shape[0])
+        mask_len = int(self.observation_space["action_mask"].shape[0])
+        if mask_len != n_items:
+            raise ValueError(f"action_mask length {mask_len} != action_space.n {n_items}")
+        self._qnet_kwargs: dict[str, Any] = dict(
+            n_items=n_items,
+            history_length=history_length,
+            n_event_types=int(cfg["n_event_types"]),
+            embed_dim=int(cfg["embed_dim"]),
+            num_heads=int(cfg["num_heads"]),
+            num_layers=int(cfg["num_layers"]),
+            ff_dim=int(cfg["ff_dim"]),
+            dropout=float(cfg["dropout"]),
+            mlp_hidden=tuple(int(h) for h in cfg["mlp_hidden"]),
+            dueling=self.uses_dueling,
+        )
+        self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
+        self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0
+        self._training_forward = False
+        # Traced callables live in a plain dict so nn.Module does not register them (no state_dict
+        # entries, no duplicate parameters for the optimizer).
+        self._traced: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _prep_obs(obs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Casts the observation dict to the int32 tensors the Keras inputs are declared with."""
+        return {k: torch.as_tensor(obs[k]).to(torch.int32) for k in _OBS_KEYS}
+
+    def _call_net(self, key: str, net: keras.Model, obs: dict[str, Any]) -> torch.Tensor:
+        x = self._prep_obs(obs)
+        if not self._use_trace:
+            return net(x, training=self._training_forward)  # [B, A]
+        fn = self._traced.get(key)
+        if fn is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fn = torch.jit.trace(net, (x,), strict=False, check_trace=False)
+            self._traced[key] = fn
+        return fn(x)  # [B, A]
+
+    # ---------------------------------------------------------------- QNetAPI / TargetNetworkAPI
+    def compute_q_values(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {QF_PREDS: self._call_net("online", self.qnet, batch[Columns.OBS])}
+
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {QF_PREDS: self._call_net("target", self._target_qnet, batch[Columns.OBS])}
+
+    def make_target_networks(self) -> None:
+        # Rebuild + load_state_dict: `copy.deepcopy` of a Keras model goes through Keras pickling (slow).
+        self._target_qnet = build_q_model(**self._qnet_kwargs, name="q_net_target")
+        self._target_qnet.load_state_dict(self.qnet.state_dict())
+        self._target_qnet.requires_grad_(False)
+        self._traced.pop("target", None)
+
+    def get_target_network_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.qnet, self._target_qnet)]
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target_qnet"]
+
+    def get_initial_state(self) -> dict:
+        return {}
+
+    # ---------------------------------------------------------------- forwards
+    def _forward_inference(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        q = self.compute_q_values(batch)[QF_PREDS]  # [B, A]
+        actions, _ = masked_epsilon_greedy(q, batch[Columns.OBS]["action_mask"], 0.0)
+        return {Columns.ACTIONS: actions}
+
+    def _forward_exploration(self, batch: dict[str, Any], t: int = 0, **kwargs) -> dict[str, torch.Tensor]:
+        q = self.compute_q_values(batch)[QF_PREDS]  # [B, A]
+        self.epsilon_schedule.update(t)
+        eps = float(self.epsilon_schedule.get_current_value())
+        actions, probs = masked_epsilon_greedy(q, batch[Columns.OBS]["action_mask"], eps)
+        return {Columns.ACTIONS: actions, Columns.ACTION_PROB: probs}
+
+    def _forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # Parent does the double-Q forward (one pass over cat(obs, next_obs)) and the target pass.
+        self._training_forward = True
+        try:
+            return super()._forward_train(batch)
+        finally:
+            self._training_forward = False
