@@ -109,6 +109,7 @@ class EnvConfig:
     history_length: int = _f(20, "events in the observation (left-padded)", min=1, max=512)
     max_steps: int = _f(50, "episode length cap (truncation)", min=1, max=100_000)
     n_candidates: int = _f(0, "candidates offered per step (0 = every item)", min=0)
+    n_featured: int = _f(10, "with n_candidates: most popular items offered at every step", min=1)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     users: UserConfig = field(default_factory=UserConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
@@ -117,6 +118,8 @@ class EnvConfig:
     def validate(self) -> None:
         if self.n_candidates > self.catalog.n_items:
             raise ConfigError("n_candidates", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.n_candidates}")
+        if self.n_candidates and self.n_featured > self.n_candidates:
+            raise ConfigError("n_featured", f"must be <= n_candidates ({self.n_candidates}), got {self.n_featured}")
         if self.catalog.n_categories > self.catalog.n_items:
             raise ConfigError(
                 "catalog.n_categories", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.catalog.n_categories}"

@@ -21,15 +21,34 @@ from envs.config import EnvConfig, make_env_config
 from envs.response import EVENT_NAMES, N_EVENT_TYPES, ORGANIC, RewardFunction, make_response_model
 from envs.users import UserSampler, UserState
 
-__all__ = ["ECommerceEnv", "InvalidActionError"]
+__all__ = ["ECommerceEnv", "CandidateDiscrete", "InvalidActionError"]
 
 
 class InvalidActionError(ValueError):
     """The action is not an item index or not among this step's candidates."""
 
 
+class CandidateDiscrete(spaces.Discrete):
+    """``Discrete(n)`` whose unmasked ``sample()`` only returns actions that are valid in *every* state.
+
+    With per-step candidates, an arbitrary item is usually not on offer, and the env refuses it. Generic
+    code (gymnasium's env checker, random smoke tests) calls ``action_space.sample()`` without a mask and
+    may use the action in a later state, so unmasked samples come from the always-offered items (the
+    featured best-sellers). Pass ``mask=obs["action_mask"]`` to sample among the current candidates.
+    """
+
+    def __init__(self, n: int, always_valid: np.ndarray, seed: int | None = None) -> None:
+        super().__init__(n, seed=seed)
+        self._always_valid = always_valid  # int8 [n]
+
+    def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.int64:
+        if mask is None and probability is None:
+            mask = self._always_valid
+        return super().sample(mask=mask, probability=probability)
+
+
 class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self, config: EnvConfig | Mapping[str, Any] | str | None = None, render_mode: str | None = None
@@ -51,12 +70,17 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
                 "action_mask": spaces.Box(0, 1, shape=(n,), dtype=np.int8),
             }
         )
-        self.action_space = spaces.Discrete(n)
         self.user: UserState | None = None
         self.t = 0
         self._items = np.zeros(h, dtype=np.int32)
         self._events = np.zeros(h, dtype=np.int32)
         self._mask = np.ones(n, dtype=np.int8)
+        self._featured = np.zeros(n, dtype=np.int8)  # items offered at every step
+        if cfg.n_candidates:
+            self._featured[self.catalog.by_popularity[: cfg.n_featured]] = 1
+        else:
+            self._featured[:] = 1
+        self.action_space = CandidateDiscrete(n, self._featured)
 
     # -- gymnasium API ---------------------------------------------------------------------------------------
     def reset(
@@ -127,9 +151,12 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         if k == 0:
             return  # every item, always: the all-ones mask never changes
         rng = self.np_random
-        n_pop = k // 2  # half by popularity (what a retrieval stage would surface), half for coverage
+        # Featured best-sellers, then half of the rest by popularity (what a retrieval stage surfaces) and
+        # half uniformly (coverage of the long tail); duplicates collapse, so a step may offer fewer than k.
+        k -= self.config.n_featured
+        n_pop = k // 2
         cands = np.concatenate([self.catalog.sample_popular(n_pop, rng), rng.integers(0, self.n_items, k - n_pop)])
-        self._mask.fill(0)
+        self._mask[:] = self._featured
         self._mask[cands] = 1
 
     def _obs(self) -> dict[str, np.ndarray]:

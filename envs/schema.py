@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, problem: str, source: str | None = None) -> None:
         self.path, self.problem, self.source = path, problem, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{path or '<root>'}: {problem}")
+        parts = [p for p in (source, path) if p]
+        super().__init__(": ".join([*parts, problem]))
 
     def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.path, self.problem, source)
@@ -87,6 +87,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(path, f"expected a number, got {type(value).__name__} {value!r}")
     if tp is str:
         if isinstance(value, str):

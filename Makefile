@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` (set up + run the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# torch's CPU build must be installed before anything that depends on torch; otherwise pip resolves
+# torch from the index and pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test test-slow bench lint clean help
+
+help:
+	@echo "make demo       set up .venv and run the main job on embedded defaults"
+	@echo "make test       set up .venv and run the fast test suite"
+	@echo "make test-slow  learning runs and other slow tests"
+	@echo "make bench      benchmark scripts (print tables)"
+	@echo "make lint       ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,export,serve]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/rllib-rec baselines --config configs/default.yaml
+
+test: venv
+	$(PY) -m pytest
+
+test-slow: venv
+	$(PY) -m pytest -m slow
+
+bench: venv
+	$(PY) bench/env_throughput.py
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

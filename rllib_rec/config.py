@@ -1,0 +1,226 @@
+"""Experiment configuration: YAML in ``configs/`` -> typed, validated :class:`ExperimentConfig`.
+
+A config file fully describes a run (sections ``env``, ``model``, ``dqn``, ``run``). ``--set a.b=value``
+overrides are parsed as YAML scalars and validated exactly like the file. Every problem is reported as
+one line naming the file, the key path and the problem (:class:`envs.schema.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.config import EnvConfig, make_env_config
+from envs.schema import ConfigError, build, flatten, to_dict
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "DQNSettings",
+    "RunSettings",
+    "ExperimentConfig",
+    "load_config",
+    "parse_overrides",
+    "config_from_dict",
+]
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; refuse anything that is clearly not one
+MAX_DEPTH = 8
+
+
+def _f(default: Any, doc: str, **bounds: Any) -> Any:
+    meta = {"doc": doc, **bounds}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """The Keras Transformer Q-network (see ``rllib_rec/model.py``)."""
+
+    embed_dim: int = _f(32, "item/event embedding width", min=4, max=1024)
+    num_heads: int = _f(2, "attention heads", min=1, max=32)
+    num_layers: int = _f(1, "Transformer encoder blocks", min=1, max=12)
+    ff_dim: int = _f(64, "feed-forward width inside each block", min=4, max=4096)
+    dropout: float = _f(0.0, "dropout rate in the encoder", min=0.0, max=0.9)
+    mlp_hidden: list[int] = _f([64, 32], "hidden widths of the Q head", min=1, max=4096)
+    dueling: bool = _f(True, "dueling head: Q = V + A - mean(A)")
+
+
+@dataclass
+class DQNSettings:
+    """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/algo.py``)."""
+
+    lr: float = _f(5e-4, "Adam learning rate", gt=0.0, max=1.0)
+    gamma: float = _f(0.95, "discount factor", min=0.0, max=1.0)
+    n_step: int = _f(1, "n-step returns", min=1, max=20)
+    double_q: bool = _f(True, "double-Q targets")
+    dueling: bool = _f(True, "RLlib's dueling flag (the Keras head implements it; keep equal to model.dueling)")
+    target_update_freq: int = _f(500, "env steps between target-network syncs", min=1)
+    tau: float = _f(1.0, "target sync rate (1 = hard copy)", gt=0.0, max=1.0)
+    train_batch_size: int = _f(64, "replay minibatch size", min=1, max=65536)
+    replay_capacity: int = _f(50_000, "replay buffer capacity (env steps)", min=100)
+    prioritized_replay: bool = _f(True, "prioritised experience replay")
+    per_alpha: float = _f(0.6, "PER priority exponent", min=0.0, max=1.0)
+    per_beta: float = _f(0.4, "PER importance-sampling exponent", min=0.0, max=1.0)
+    ips_weights: bool = _f(True, "multiply the loss by clipped inverse-propensity weights 1/p")
+    ips_clip: float = _f(10.0, "upper clip of 1/p", min=1.0)
+    epsilon_start: float = _f(1.0, "initial exploration rate", min=0.0, max=1.0)
+    epsilon_end: float = _f(0.05, "final exploration rate", min=0.0, max=1.0)
+    epsilon_timesteps: int = _f(20_000, "env steps over which epsilon anneals linearly", min=1)
+    learning_starts: int = _f(1_000, "env steps sampled before the first update", min=0)
+    rollout_fragment_length: int = _f(8, "env steps per env per sampling round", min=1)
+    training_intensity: float | None = _f(
+        None, "replay ratio: trained / sampled steps (null = RLlib's natural ratio)", gt=0.0
+    )
+    grad_clip: float | None = _f(10.0, "gradient-norm clip (null = off)", gt=0.0)
+    huber_threshold: float = _f(1.0, "TD-error Huber threshold", gt=0.0)
+
+
+@dataclass
+class RunSettings:
+    """Where and how long a run goes."""
+
+    iterations: int = _f(20, "training iterations (algo.train() calls)", min=1)
+    steps_per_iteration: int = _f(1_000, "minimum env steps sampled per iteration", min=1)
+    num_env_runners: int = _f(0, "remote EnvRunner actors (0 = sample in the driver/learner process)", min=0)
+    num_envs_per_env_runner: int = _f(8, "vectorised envs per EnvRunner", min=1, max=1024)
+    num_learners: int = _f(0, "remote Learner actors (0 = learn in the driver)", min=0)
+    torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for this small net on 2 cores)", min=1)
+    checkpoint_every: int = _f(5, "checkpoint every N iterations (and always at the end)", min=1)
+    eval_episodes: int = _f(200, "greedy evaluation episodes at the end of a run", min=1)
+    eval_seed: int = _f(1_000_000, "first seed of the held-out evaluation episodes", min=0)
+    seed: int = _f(0, "seed of training", min=0)
+    output_dir: str = _f("runs", "where runs, checkpoints and the local MLflow store go")
+    experiment: str = _f("rllib-rec", "MLflow experiment name")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f("experiment", "run name")
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dqn: DQNSettings = field(default_factory=DQNSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> None:
+        if self.model.dueling != self.dqn.dueling:
+            raise ConfigError("dqn.dueling", f"must equal model.dueling ({self.model.dueling})")
+        if self.dqn.epsilon_end > self.dqn.epsilon_start:
+            raise ConfigError("dqn.epsilon_end", "must be <= dqn.epsilon_start")
+        if self.dqn.train_batch_size > self.dqn.replay_capacity:
+            raise ConfigError("dqn.train_batch_size", "must be <= dqn.replay_capacity")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def flat_params(self) -> dict[str, Any]:
+        """``{"dqn.lr": 0.0005, ...}`` for MLflow params."""
+        return flatten(self.to_dict())
+
+    def config_hash(self) -> str:
+        """Stable short hash of the resolved config (recorded with checkpoints and exports)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> ExperimentConfig:
+    """Validate a plain dict (e.g. parsed YAML) into an :class:`ExperimentConfig`."""
+    try:
+        data = dict(data or {})
+        env = make_env_config(data.pop("env", None), "env")
+        return build(ExperimentConfig, {**data, "env": env})
+    except ConfigError as e:
+        raise e.with_source(source) if source else e from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases: a config never needs them, and they enable YAML bombs."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases are not allowed (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def _depth(obj: Any, level: int = 0) -> int:
+    if isinstance(obj, Mapping):
+        return max([_depth(v, level + 1) for v in obj.values()] or [level + 1])
+    if isinstance(obj, list):
+        return max([_depth(v, level + 1) for v in obj] or [level + 1])
+    return level
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping with size, alias and depth guards; errors are one-line ConfigErrors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("", "file not found" if not p.exists() else "not a file", str(p))
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"file is larger than {MAX_CONFIG_BYTES} bytes; not a config", str(p))
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe subclass)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = " ".join(str(e).split())
+        raise ConfigError("", f"invalid YAML: {problem}", str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"top level must be a mapping, got {type(data).__name__}", str(p))
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError("", f"nested deeper than {MAX_DEPTH} levels; not a config", str(p))
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["dqn.lr=1e-3", "env.preset=seed"]`` -> nested dict; values are YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(item, "override must look like section.key=value", "--set")
+        try:
+            value = yaml.load(raw, Loader=_NoAliasLoader) if raw.strip() else ""  # noqa: S506
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, "conflicting overrides", "--set")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Load ``path`` (or the built-in defaults when None), apply ``--set`` overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    over = parse_overrides(overrides)
+    if over:
+        source = f"{source} + --set"
+    return config_from_dict(_merge(data, over), source)

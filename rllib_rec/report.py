@@ -1,0 +1,34 @@
+"""Plain-text tables shared by ``baselines``, ``evaluate`` and the bench scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["format_table", "policy_table"]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def policy_table(summaries: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per policy: mean return ± 95% CI, episode length, clicks, purchases, churn rate."""
+    headers = ["policy", "return", "±95% CI", "episodes", "length", "clicks", "purchases", "churn"]
+    rows = [
+        [name, s["return_mean"], s["return_ci95"], int(s["episodes"]), s["length_mean"], s["clicks_mean"],
+         s["purchases_mean"], s["churn_rate"]]
+        for name, s in summaries.items()
+    ]
+    return format_table(headers, rows)

@@ -1,0 +1,169 @@
+"""ECommerceEnv: gymnasium API conformance, determinism, spaces and invalid actions."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import ECommerceEnv, InvalidActionError
+from envs.response import IGNORED, ORGANIC
+
+PRESETS = ["seed", "default", "large"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_check_env_passes(preset: str) -> None:
+    check_env(gym.make(envs.GYM_IDS[preset]).unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_same_seed_same_trajectory(preset: str) -> None:
+    def rollout(seed: int) -> list:
+        env = ECommerceEnv(preset)
+        rng = np.random.default_rng(123)  # same policy randomness in both runs
+        obs, _ = env.reset(seed=seed)
+        traj = [obs]
+        for _ in range(60):
+            cands = np.flatnonzero(obs["action_mask"])
+            obs, r, term, trunc, info = env.step(int(cands[rng.integers(len(cands))]))
+            traj += [obs, r, term, trunc, info]
+            if term or trunc:
+                obs, _ = env.reset()
+                traj.append(obs)
+        return traj
+
+    def same(a: list, b: list) -> bool:
+        for x, y in zip(a, b, strict=True):
+            if isinstance(x, dict) and "items" in x:
+                if not all(np.array_equal(x[k], y[k]) for k in x):
+                    return False
+            elif x != y:
+                return False
+        return True
+
+    assert same(rollout(7), rollout(7))
+    assert not same(rollout(7), rollout(8))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_observation_contract(preset: str) -> None:
+    env = ECommerceEnv(preset)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"items", "events", "action_mask"}
+    assert obs["items"].shape == (20,) and obs["items"].dtype == np.int32
+    assert obs["events"].shape == (20,) and obs["events"].dtype == np.int32
+    assert obs["action_mask"].shape == (env.n_items,) and obs["action_mask"].dtype == np.int8
+    assert obs["action_mask"].any()
+    # Padding is on the left, and items and events pad together.
+    filled = obs["items"] > 0
+    assert np.array_equal(filled, obs["events"] > 0)
+    assert not np.any(np.diff(filled.astype(int)) < 0)
+
+
+def test_ignored_recommendations_are_visible() -> None:
+    env = ECommerceEnv({"preset": "seed"})
+    obs, _ = env.reset(seed=3)
+    location = env.user.location
+    wrong = (location + 1) % env.n_items
+    seen_ignored = False
+    for _ in range(20):
+        obs, _, term, trunc, info = env.step(wrong)
+        assert obs["items"][-1] == wrong + 1
+        assert obs["events"][-1] == info["event"]
+        seen_ignored |= info["event"] == IGNORED
+        if term or trunc:
+            break
+    assert seen_ignored
+
+
+def test_large_preset_offers_candidate_subsets() -> None:
+    env = ECommerceEnv("large")
+    obs, _ = env.reset(seed=0)
+    masks = [obs["action_mask"].copy()]
+    for _ in range(5):
+        cands = np.flatnonzero(obs["action_mask"])
+        obs, *_ = env.step(int(cands[0]))
+        masks.append(obs["action_mask"].copy())
+    sizes = [m.sum() for m in masks]
+    assert all(10 <= s <= 100 for s in sizes), sizes
+    assert not all(np.array_equal(masks[0], m) for m in masks[1:])
+    # action_space.sample() without a mask is valid in every state (featured items).
+    for _ in range(50):
+        assert obs["action_mask"][env.action_space.sample()] == 1
+
+
+@pytest.mark.parametrize("bad", [-1, 30, 2.5, "3", None, np.array([1, 2])])
+def test_action_outside_space_is_refused(bad: object) -> None:
+    env = ECommerceEnv("default")
+    env.reset(seed=0)
+    with pytest.raises(InvalidActionError, match="not an item index"):
+        env.step(bad)
+
+
+def test_masked_action_is_refused_and_state_unchanged() -> None:
+    env = ECommerceEnv("large")
+    obs, _ = env.reset(seed=0)
+    masked = int(np.flatnonzero(obs["action_mask"] == 0)[0])
+    t, patience = env.t, env.user.patience
+    with pytest.raises(InvalidActionError, match=rf"action {masked} is masked"):
+        env.step(masked)
+    assert env.t == t and env.user.patience == patience
+
+
+def test_numpy_integer_actions_are_accepted() -> None:
+    env = ECommerceEnv("default")
+    env.reset(seed=0)
+    env.step(np.int64(3))
+    env.step(np.array(4))
+
+
+def test_step_before_reset_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="before reset"):
+        ECommerceEnv("default").step(0)
+
+
+def test_initial_history_is_organic_browsing() -> None:
+    env = ECommerceEnv("default")
+    obs, _ = env.reset(seed=1)
+    events = obs["events"][obs["events"] > 0]
+    lo, hi = env.config.users.initial_history
+    assert lo <= len(events) <= hi
+    assert np.all(events == ORGANIC)
+
+
+def test_catalog_is_fixed_by_its_seed() -> None:
+    a, b = ECommerceEnv("default").catalog, ECommerceEnv("default").catalog
+    c = ECommerceEnv({"catalog": {"seed": 1}}).catalog
+    assert np.array_equal(a.quality, b.quality) and np.array_equal(a.category, b.category)
+    assert not np.array_equal(a.quality, c.quality)
+
+
+def test_envs_package_never_imports_ray_keras_torch() -> None:
+    forbidden = {"ray", "keras", "torch", "tensorflow", "rllib_rec"}
+    for path in pathlib.Path(envs.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_registered_with_rllib() -> None:
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from rllib_rec.registry import RLLIB_ENV_NAME, register_rllib_env
+
+    assert register_rllib_env() == RLLIB_ENV_NAME
+    creator = _global_registry.get(ENV_CREATOR, RLLIB_ENV_NAME)
+    env = creator({"preset": "seed"})
+    assert isinstance(env, ECommerceEnv) and env.n_items == 10

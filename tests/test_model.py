@@ -1,0 +1,147 @@
+"""Tests for rllib_rec.model: shapes, masking, padding, cold start, weight transfer (torch backend)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from rllib_rec.model import MASKED_Q, build_q_model, load_q_model_weights, q_model_weights
+
+torch.set_num_threads(1)
+N, T = 12, 20
+
+
+def _obs(rng, batch=8, n=N, t=T):
+    items = rng.integers(1, n + 1, (batch, t)).astype(np.int32)
+    lengths = rng.integers(0, t + 1, batch)
+    lengths[0] = 0  # cold start: all padding
+    lengths[1] = t  # full history
+    for i, length in enumerate(lengths):
+        items[i, : t - length] = 0  # left padding
+    events = rng.integers(1, 6, (batch, t)).astype(np.int32)
+    events[items == 0] = 0
+    mask = (rng.random((batch, n)) < 0.4).astype(np.int8)
+    mask[np.arange(batch), rng.integers(0, n, batch)] = 1
+    return {"items": items, "events": events, "action_mask": mask}
+
+
+def _q(model, obs):
+    with torch.no_grad():
+        return model({k: torch.as_tensor(v) for k, v in obs.items()}).numpy()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_q_model(N, T, num_layers=2)
+
+
+def test_output_shape_and_masking(model):
+    obs = _obs(np.random.default_rng(0))
+    q = _q(model, obs)
+    assert q.shape == (8, N) and q.dtype == np.float32
+    assert np.isfinite(q).all()  # cold-start row included: no NaN, no inf
+    np.testing.assert_array_equal(q[obs["action_mask"] == 0], MASKED_Q)
+    assert (q[obs["action_mask"] == 1] > MASKED_Q / 2).all()
+
+
+def test_padded_positions_do_not_leak(model):
+    """Events at padded positions are masked out of attention keys and pooling."""
+    obs = _obs(np.random.default_rng(1))
+    rows = (obs["items"] == 0).any(1) & (obs["items"] > 0).any(1)  # partially padded rows
+    assert rows.any()
+    other = {k: v.copy() for k, v in obs.items()}
+    other["events"][other["items"] == 0] = 3
+    np.testing.assert_allclose(_q(model, obs)[rows], _q(model, other)[rows], atol=1e-5)
+
+
+def test_cold_start_all_padding_batch(model):
+    obs = {
+        "items": np.zeros((4, T), np.int32),
+        "events": np.zeros((4, T), np.int32),
+        "action_mask": np.ones((4, N), np.int8),
+    }
+    q = _q(model, obs)
+    assert np.isfinite(q).all()
+    np.testing.assert_allclose(q, q[:1].repeat(4, 0), atol=1e-6)
+
+
+def test_non_dueling_and_numpy_int_sizes():
+    m = build_q_model(np.int64(N), np.int64(T), dueling=False, mlp_hidden=(16,), embed_dim=8, num_heads=2)
+    q = _q(m, _obs(np.random.default_rng(2)))
+    assert q.shape == (8, N)
+    assert "q/kernel" in q_model_weights(m)
+
+
+def test_gradients_are_finite_on_cold_start(model):
+    obs = {k: torch.as_tensor(v) for k, v in _obs(np.random.default_rng(3)).items()}
+    q = model(obs)
+    loss = torch.where(obs["action_mask"] > 0, q, torch.zeros_like(q)).pow(2).sum()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+
+
+def test_weight_roundtrip_by_path(model):
+    other = build_q_model(N, T, num_layers=2)
+    obs = _obs(np.random.default_rng(4))
+    assert not np.allclose(_q(model, obs), _q(other, obs))
+    load_q_model_weights(other, q_model_weights(model))
+    np.testing.assert_allclose(_q(model, obs), _q(other, obs), atol=1e-6)
+    # Module state-dict style keys with a prefix.
+    sd = {f"qnet._torch_params.{k}": v for k, v in q_model_weights(model).items()}
+    sd["_target_qnet._torch_params.value/bias"] = np.zeros(1)
+    third = build_q_model(N, T, num_layers=2)
+    load_q_model_weights(third, sd, strip_prefix="qnet._torch_params.")
+    np.testing.assert_allclose(_q(model, obs), _q(third, obs), atol=1e-6)
+
+
+def test_weight_load_is_strict(model):
+    w = q_model_weights(model)
+    with pytest.raises(KeyError):
+        load_q_model_weights(build_q_model(N, T, num_layers=1), w)
+    with pytest.raises(ValueError):
+        load_q_model_weights(build_q_model(N + 1, T, num_layers=2), w)
+
+
+_TFLITE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, tempfile, numpy as np
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import tensorflow as tf
+    from rllib_rec.model import build_q_model, load_q_model_weights
+    from ai_edge_litert.interpreter import Interpreter
+    d = np.load(sys.argv[1])
+    m = build_q_model(12, 20, num_layers=2)
+    load_q_model_weights(m, {k[2:]: d[k] for k in d.files if k.startswith("w:")})
+    out = tempfile.mkdtemp()
+    m.export(out + "/sm", format="tf_saved_model", verbose=False)
+    conv = tf.lite.TFLiteConverter.from_saved_model(out + "/sm")
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    run = Interpreter(model_content=conv.convert()).get_signature_runner()
+    q = np.concatenate([next(iter(run(items=d["items"][i:i+1], events=d["events"][i:i+1],
+                        action_mask=d["action_mask"][i:i+1]).values())) for i in range(len(d["q"]))])
+    print("MAXDIFF", float(np.abs(q - d["q"]).max()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_tflite_builtins_only_matches_torch(model, tmp_path):
+    obs = _obs(np.random.default_rng(5))
+    q = _q(model, obs)
+    feed = {k: v.astype(np.int32) for k, v in obs.items()}
+    np.savez(tmp_path / "io.npz", q=q, **feed, **{f"w:{k}": v for k, v in q_model_weights(model).items()})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run(
+        [sys.executable, "-c", _TFLITE_SCRIPT, str(tmp_path / "io.npz")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    diff = float(res.stdout.split("MAXDIFF")[1])
+    assert diff < 1e-4
