@@ -93,6 +93,9 @@ class ResponseConfig:
         [0.4, 0.5], "notebook model: click prob on the matching item = a + b * propensity", min=0.0, max=1.0
     )
     notebook_other_click: float = _f(0.1, "notebook model: click prob on any other item", min=0.0, max=1.0)
+    notebook_organic_match: float = _f(
+        0.6, "notebook model: probability that an organic browse is the user's matching item", min=0.0, max=1.0
+    )
 
 
 @dataclass
@@ -134,12 +137,13 @@ class EnvConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # The seed notebook's dynamics: 10 products, 5 locations, click 0.4 + 0.5*propensity on the product that
-    # matches the user's location else 0.1, 20 steps, clicks only. Unlike the notebook, the observation shows
-    # which recommendations were ignored, so the preferred product can be inferred.
+    # matches the user's location else 0.1, 20 steps, clicks only. Unlike the notebook, the observation is
+    # informative: it shows which recommendations were ignored, and the session starts with 2-4 organic
+    # browses (60% of them of the matching product), so the user's intent can be inferred.
     "seed": {
         "max_steps": 20,
         "catalog": {"n_items": 10, "n_categories": 10, "clickbait_fraction": 0.0},
-        "users": {"initial_history": [0, 0], "click_propensity": [0.0, 1.0]},
+        "users": {"initial_history": [2, 4], "click_propensity": [0.0, 1.0]},
         "response": {
             "model": "notebook",
             "click_growth": 0.1,

@@ -194,6 +194,12 @@ class NotebookResponse(FunnelResponse):
     def expected_trust_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
         return np.zeros(len(items))
 
+    def sample_organic(self, user: UserState, rng: np.random.Generator) -> int:
+        """The user mostly browses the product that matches them (how the clickstream reveals intent)."""
+        if rng.random() < self.config.notebook_organic_match:
+            return user.location
+        return int(rng.integers(self.catalog.n_items))
+
     def respond(self, user: UserState, item: int, t: int, rng: np.random.Generator) -> int:
         _, pc, _ = self.probabilities(user, np.array([item]), t)
         user.last_shown[item] = t

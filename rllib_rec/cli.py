@@ -49,6 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="first episode seed (default: run.eval_seed)")
     p.add_argument("--policies", nargs="+", default=None, help="subset of policies to run (default: all)")
 
+    p = sub.add_parser(
+        "train",
+        help="train the Transformer-DQN locally (single node), tracked in MLflow, checkpointed",
+        description="Train with RLlib DQN on the config's shop. Prints a progress line per iteration, "
+        "checkpoints every run.checkpoint_every iterations and at the end, evaluates the greedy policy "
+        "beside the baselines, and records params, metrics, the config, a learning-curve PNG and the "
+        "checkpoint path in MLflow (local sqlite store under run.output_dir unless MLFLOW_TRACKING_URI "
+        "or --tracking-uri says otherwise).",
+    )
+    _add_config_args(p, required=False)
+    p.add_argument("--resume", metavar="RUN", help="continue RUN (run directory or name under run.output_dir) "
+                   "from its last complete checkpoint; --set run.iterations=N extends it")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint's greedy policy beside the baselines on held-out seeds",
+        description="Greedy rollouts of a trained checkpoint on held-out episode seeds, in the same table "
+        "format as `baselines` and on the same seeds.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's run.eval_episodes)")
+    p.add_argument("--seed", type=int, default=None, help="first episode seed (default: the run's run.eval_seed)")
+
     p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
     _add_config_args(p)
     return parser
@@ -77,6 +101,24 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
     print(policy_table(summaries))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from rllib_rec.train import summary_lines, train
+
+    if not args.config and not args.resume:
+        raise CLIError("give --config FILE (or --resume RUN)")
+    result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri)
+    print("\n".join(summary_lines(result)))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from rllib_rec.evaluate import evaluate_checkpoint
+    from rllib_rec.report import policy_table
+
+    if args.episodes is not None and args.episodes < 2:
+        raise CLIError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
+    print(policy_table(evaluate_checkpoint(args.checkpoint, args.episodes, args.seed)))
+
+
 def _cmd_show_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -86,7 +128,12 @@ def _cmd_show_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
-COMMANDS = {"baselines": _cmd_baselines, "show-config": _cmd_show_config}
+COMMANDS = {
+    "baselines": _cmd_baselines,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "show-config": _cmd_show_config,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from rllib_rec.checkpoints import CheckpointError
+    from rllib_rec.tracking import TrackingError
+
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, CLIError) as e:
+    except (ConfigError, CLIError, CheckpointError, TrackingError) as e:
         print(f"rllib-rec {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

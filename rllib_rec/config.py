@@ -30,6 +30,8 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "config_from_dict",
+    "merge_dicts",
+    "read_yaml",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; refuse anything that is clearly not one
@@ -80,7 +82,7 @@ class DQNSettings:
     learning_starts: int = _f(1_000, "env steps sampled before the first update", min=0)
     rollout_fragment_length: int = _f(8, "env steps per env per sampling round", min=1)
     training_intensity: float | None = _f(
-        None, "replay ratio: trained / sampled steps (null = RLlib's natural ratio)", gt=0.0
+        4.0, "replay ratio: env steps trained / env steps sampled (null = one update per sampling round)", gt=0.0
     )
     grad_clip: float | None = _f(10.0, "gradient-norm clip (null = off)", gt=0.0)
     huber_threshold: float = _f(1.0, "TD-error Huber threshold", gt=0.0)
@@ -204,11 +206,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -223,4 +225,4 @@ def load_config(
     over = parse_overrides(overrides)
     if over:
         source = f"{source} + --set"
-    return config_from_dict(_merge(data, over), source)
+    return config_from_dict(merge_dicts(data, over), source)

@@ -109,7 +109,9 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
     masking, TD-error logging and hence PER priority updates stay RLlib's own code.
     """
 
-    def compute_loss_for_module(self, *, module_id: str, config: Any, batch: dict, fwd_out: dict) -> torch.Tensor:
+    def compute_loss_for_module(
+        self, *, module_id: str, config: Any, batch: dict, fwd_out: dict
+    ) -> torch.Tensor:
         s = learner_settings(getattr(self.config, "learner_config_dict", None))
         per = batch.get("weights")
         probs = batch.get(Columns.ACTION_PROB)
@@ -122,4 +124,6 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
             stats["ips_clipped_frac"] = (probs.float() < 1.0 / s["ips_clip"]).float().mean()
         self.metrics.log_dict(stats, key=module_id, window=1)
         batch = {**batch, "weights": w}
-        return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        return super().compute_loss_for_module(
+            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+        )

@@ -143,7 +143,13 @@ def build_q_model(
 
     for i in range(num_layers):
         x = _encoder_block(
-            x, attention_mask, embed_dim=embed_dim, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout, index=i
+            x,
+            attention_mask,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            ff_dim=ff_dim,
+            dropout=dropout,
+            index=i,
         )
 
     # Masked mean pooling over the same positions attention may look at (>= 1 position always).
@@ -175,7 +181,14 @@ def q_model_weights(model: keras.Model) -> dict[str, np.ndarray]:
     `build_q_model(...)` arguments, so this is how weights move from the torch-trained model to the
     TF-backend model used for export.
     """
-    return {v.path: np.asarray(ops.convert_to_numpy(v.value)) for v in model.weights}
+    return {v.path: _to_numpy(v.value) for v in model.weights}
+
+
+def _to_numpy(value) -> np.ndarray:
+    # torch tensors directly: Keras' convert_to_numpy on a Parameter triggers a NumPy-2 copy warning.
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy().copy()
+    return np.array(ops.convert_to_numpy(value))
 
 
 def load_q_model_weights(
@@ -188,7 +201,7 @@ def load_q_model_weights(
     path or shape mismatch raises, so a wrong architecture fails loudly instead of half-loading.
     """
     if strip_prefix:
-        weights = {k[len(strip_prefix):]: v for k, v in weights.items() if k.startswith(strip_prefix)}
+        weights = {k[len(strip_prefix) :]: v for k, v in weights.items() if k.startswith(strip_prefix)}
     by_path = {v.path: v for v in model.weights}
     missing = sorted(set(by_path) - set(weights))
     unexpected = sorted(set(weights) - set(by_path))

@@ -86,6 +86,12 @@ def masked_epsilon_greedy(
 class TransformerDQNModule(DefaultDQNTorchRLModule):
     """DQN RLModule whose Q-network is the Keras Transformer from `rllib_rec.model`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Skip DefaultDQNTorchRLModule.__init__, which forces DQNCatalog: that catalog cannot handle a
+        # Dict observation space (it only logs a warning, but we build our own network anyway).
+        kwargs.pop("catalog_class", None)
+        super(DefaultDQNTorchRLModule, self).__init__(*args, catalog_class=None, **kwargs)
+
     def setup(self) -> None:
         backend = keras.backend.backend()
         if backend != "torch" or os.environ.get("KERAS_BACKEND", "torch") != "torch":
@@ -96,7 +102,9 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         if not isinstance(self.observation_space, gym.spaces.Dict) or set(_OBS_KEYS) - set(
             self.observation_space.spaces
         ):
-            raise ValueError(f"observation space must be a Dict with keys {_OBS_KEYS}, got {self.observation_space}")
+            raise ValueError(
+                f"observation space must be a Dict with keys {_OBS_KEYS}, got {self.observation_space}"
+            )
         if not isinstance(self.action_space, gym.spaces.Discrete):
             raise ValueError(f"action space must be Discrete, got {self.action_space}")
 
@@ -134,6 +142,12 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         # Traced callables live in a plain dict so nn.Module does not register them (no state_dict
         # entries, no duplicate parameters for the optimizer).
         self._traced: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict:
+        # Traced graphs are a cache; never pickle them (they are rebuilt on first use).
+        state = super().__getstate__()
+        state["_traced"] = {}
+        return state
 
     # ---------------------------------------------------------------- helpers
     @staticmethod

@@ -27,7 +27,11 @@ class ToyRecEnv(gym.Env):
 
     def __init__(self, config=None):
         cfg = dict(config or {})
-        self.n, self.t, self.horizon = cfg.get("n_items", 10), cfg.get("history_length", 20), cfg.get("horizon", 10)
+        self.n, self.t, self.horizon = (
+            cfg.get("n_items", 10),
+            cfg.get("history_length", 20),
+            cfg.get("horizon", 10),
+        )
         self.observation_space = gym.spaces.Dict(
             {
                 "items": gym.spaces.Box(0, self.n, (self.t,), np.int32),
@@ -130,7 +134,9 @@ def test_loss_equals_hand_computed_weighted_huber(settings):
         Columns.ACTION_PROB: torch.tensor([0.5, 0.1, 1.0]),
     }
     fwd = {QF_PREDS: q, QF_NEXT_PREDS: q_next, QF_TARGET_NEXT_PREDS: q_target_next}
-    loss = learner.compute_loss_for_module(module_id="default_policy", config=config, batch=batch, fwd_out=fwd)
+    loss = learner.compute_loss_for_module(
+        module_id="default_policy", config=config, batch=batch, fwd_out=fwd
+    )
 
     # By hand: q_sel = [2, 3, 4]; targets = [0 + .9*0.5, 1 + .81*4, 2 (terminal)] = [0.45, 4.24, 2]
     err = np.array([2 - 0.45, 3 - 4.24, 4 - 2.0])
@@ -147,7 +153,14 @@ def test_loss_equals_hand_computed_weighted_huber(settings):
 
 
 # ------------------------------------------------------------------------------------ end to end
-MODEL_CONFIG = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 32, "mlp_hidden": (32,), "jit_trace": True}
+MODEL_CONFIG = {
+    "embed_dim": 16,
+    "num_heads": 2,
+    "num_layers": 1,
+    "ff_dim": 32,
+    "mlp_hidden": (32,),
+    "jit_trace": True,
+}
 
 
 def e2e_config(buffer_config, **learner_cfg):

@@ -130,8 +130,9 @@ _TFLITE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_tflite_builtins_only_matches_torch(model, tmp_path):
+    """Same weights, TF backend, SavedModel -> TFLite with TFLITE_BUILTINS only (~6 s, subprocess)."""
+    pytest.importorskip("ai_edge_litert")
     obs = _obs(np.random.default_rng(5))
     q = _q(model, obs)
     feed = {k: v.astype(np.int32) for k, v in obs.items()}
@@ -140,7 +141,10 @@ def test_tflite_builtins_only_matches_torch(model, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
     res = subprocess.run(
         [sys.executable, "-c", _TFLITE_SCRIPT, str(tmp_path / "io.npz")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     diff = float(res.stdout.split("MAXDIFF")[1])

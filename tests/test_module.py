@@ -87,7 +87,11 @@ def test_cold_start_only_batch_explores_uniformly_over_mask():
     B = 6000
     mask = torch.zeros(B, N, dtype=torch.int8)
     mask[:, [1, 4, 7]] = 1
-    obs = {"items": torch.zeros(B, T, dtype=torch.int32), "events": torch.zeros(B, T, dtype=torch.int32), "action_mask": mask}
+    obs = {
+        "items": torch.zeros(B, T, dtype=torch.int32),
+        "events": torch.zeros(B, T, dtype=torch.int32),
+        "action_mask": mask,
+    }
     out = m.forward_exploration({Columns.OBS: obs}, t=0)
     counts = torch.bincount(out[Columns.ACTIONS], minlength=N).numpy() / B
     np.testing.assert_allclose(counts[[1, 4, 7]], 1 / 3, atol=0.03)
@@ -149,7 +153,9 @@ def test_jit_trace_matches_eager_and_stays_out_of_state_dict():
     grads = []
     for m in (traced, eager):
         out = m.forward_train({Columns.OBS: obs, Columns.NEXT_OBS: nxt})
-        loss = out[QF_PREDS].gather(1, actions[:, None]).pow(2).mean() + out[QF_NEXT_PREDS].clamp(min=-10).mean()
+        loss = (
+            out[QF_PREDS].gather(1, actions[:, None]).pow(2).mean() + out[QF_NEXT_PREDS].clamp(min=-10).mean()
+        )
         m.zero_grad()
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in m.qnet.named_parameters()})
@@ -164,7 +170,10 @@ def test_jit_trace_matches_eager_and_stays_out_of_state_dict():
     traced._target_qnet.load_state_dict(traced.qnet.state_dict())
     eager.load_state_dict(traced.state_dict())
     for fwd in ("compute_q_values", "forward_target"):
-        torch.testing.assert_close(getattr(traced, fwd)({Columns.OBS: obs})[QF_PREDS], getattr(eager, fwd)({Columns.OBS: obs})[QF_PREDS])
+        torch.testing.assert_close(
+            getattr(traced, fwd)({Columns.OBS: obs})[QF_PREDS],
+            getattr(eager, fwd)({Columns.OBS: obs})[QF_PREDS],
+        )
 
 
 def test_rejects_distributional_and_bad_spaces():
@@ -172,5 +181,7 @@ def test_rejects_distributional_and_bad_spaces():
         make_module(num_atoms=51)
     with pytest.raises(ValueError):
         TransformerDQNModule(
-            observation_space=OBS_SPACE, action_space=gym.spaces.Discrete(N + 1), model_config=dict(SMALL, epsilon=0.1)
+            observation_space=OBS_SPACE,
+            action_space=gym.spaces.Discrete(N + 1),
+            model_config=dict(SMALL, epsilon=0.1),
         )

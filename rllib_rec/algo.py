@@ -1,0 +1,92 @@
+"""The one place that turns an :class:`ExperimentConfig` into an RLlib ``DQNConfig`` (new API stack)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from envs.schema import to_dict
+from rllib_rec.config import ExperimentConfig
+from rllib_rec.runtime import use_torch_keras_backend
+
+if TYPE_CHECKING:
+    from ray.rllib.algorithms.dqn import DQNConfig
+
+__all__ = ["build_algo_config", "module_model_config", "learner_config"]
+
+
+def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``model_config`` for :class:`rllib_rec.module.TransformerDQNModule`."""
+    m = cfg.model
+    return {
+        "embed_dim": m.embed_dim,
+        "num_heads": m.num_heads,
+        "num_layers": m.num_layers,
+        "ff_dim": m.ff_dim,
+        "dropout": m.dropout,
+        "mlp_hidden": list(m.mlp_hidden),
+        "dueling": m.dueling,
+    }
+
+
+def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``learner_config_dict`` for :class:`rllib_rec.learner.WeightedDQNTorchLearner`."""
+    d = cfg.dqn
+    return {"use_per": d.prioritized_replay, "use_ips": d.ips_weights, "ips_clip": d.ips_clip, "normalize": "mean"}
+
+
+def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
+    """Build the DQNConfig: env runners, replay ratio, n-step, double-Q, target sync, epsilon, lr, gamma,
+    learners/threads — all from ``cfg``; nothing else in the project constructs an AlgorithmConfig."""
+    use_torch_keras_backend()
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rllib_rec.learner import WeightedDQNTorchLearner
+    from rllib_rec.module import TransformerDQNModule
+    from rllib_rec.registry import register_rllib_env
+    from rllib_rec.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
+
+    d, r = cfg.dqn, cfg.run
+    replay: dict[str, Any] = {"capacity": d.replay_capacity}
+    if d.prioritized_replay:
+        replay.update(type=PRIORITIZED_BUFFER, alpha=d.per_alpha, beta=d.per_beta)
+    else:
+        replay.update(type=UNIFORM_BUFFER)
+    training: dict[str, Any] = dict(
+        lr=d.lr,
+        gamma=d.gamma,
+        n_step=d.n_step,
+        double_q=d.double_q,
+        dueling=d.dueling,
+        target_network_update_freq=d.target_update_freq,
+        tau=d.tau,
+        train_batch_size_per_learner=d.train_batch_size,
+        replay_buffer_config=replay,
+        epsilon=[(0, d.epsilon_start), (d.epsilon_timesteps, d.epsilon_end)],
+        num_steps_sampled_before_learning_starts=d.learning_starts,
+        grad_clip=d.grad_clip,
+        grad_clip_by="global_norm",
+        td_error_loss_fn="huber",
+    )
+    if d.training_intensity is not None:
+        training["training_intensity"] = d.training_intensity
+    return (
+        DQNConfig()
+        .environment(register_rllib_env(), env_config=to_dict(cfg.env))
+        .framework("torch")
+        .env_runners(
+            num_env_runners=r.num_env_runners,
+            num_envs_per_env_runner=r.num_envs_per_env_runner,
+            rollout_fragment_length=d.rollout_fragment_length,
+            num_cpus_per_env_runner=1,
+        )
+        .learners(
+            num_learners=r.num_learners,
+            learner_class=WeightedDQNTorchLearner,
+            learner_config_dict=learner_config(cfg),
+        )
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule, model_config=module_model_config(cfg)))
+        .training(**training)
+        .reporting(min_sample_timesteps_per_iteration=r.steps_per_iteration, metrics_num_episodes_for_smoothing=100)
+        .debugging(seed=r.seed)
+    )

@@ -1,0 +1,283 @@
+"""``rllib-rec train``: local single-node DQN training with MLflow tracking, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.schema import ConfigError, flatten
+from rllib_rec.checkpoints import (
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_config,
+    checkpoint_meta,
+    latest_checkpoint,
+    write_checkpoint,
+)
+from rllib_rec.config import (
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+    merge_dicts,
+    parse_overrides,
+    read_yaml,
+)
+from rllib_rec.tracking import connect, local_store_hint, redact, resolve_tracking_uri
+
+__all__ = ["TrainResult", "train", "iteration_metrics", "resolve_resume"]
+
+# Sections that define what a checkpoint *is*; a resumed run must not change them.
+_FROZEN_SECTIONS = ("env", "model", "dqn")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    iterations: int
+    evaluation: dict[str, dict[str, float]]
+
+
+def _get(d: dict, *path: str, default: float = math.nan) -> float:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    try:
+        return float(d)
+    except (TypeError, ValueError):
+        return default
+
+
+def epsilon_at(cfg: ExperimentConfig, step: float) -> float:
+    d = cfg.dqn
+    frac = min(1.0, max(0.0, step / d.epsilon_timesteps))
+    return d.epsilon_start + frac * (d.epsilon_end - d.epsilon_start)
+
+
+def iteration_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The few numbers worth a progress line and an MLflow metric, from RLlib's result dict."""
+    return {
+        "env_steps": _get(result, "env_runners", "num_env_steps_sampled_lifetime"),
+        "episode_return_mean": _get(result, "env_runners", "episode_return_mean"),
+        "episode_len_mean": _get(result, "env_runners", "episode_len_mean"),
+        "qf_loss": _get(result, "learners", "default_policy", "qf_loss"),
+        "qf_mean": _get(result, "learners", "default_policy", "qf_mean"),
+        "sample_weight_max": _get(result, "learners", "default_policy", "sample_weight_max"),
+        "trained_steps": _get(result, "learners", "__all_modules__", "num_env_steps_trained_lifetime"),
+    }
+
+
+def resolve_resume(resume: str, output_dir: str) -> Path:
+    """``--resume`` takes a run directory or a run name under ``run.output_dir``."""
+    for cand in (Path(resume), Path(output_dir) / resume):
+        if (cand / "experiment.yaml").is_file():
+            return cand.resolve()
+    raise CheckpointError(f"--resume {resume}: no run directory (looked for {resume}/experiment.yaml "
+                          f"and {Path(output_dir) / resume}/experiment.yaml)")
+
+
+def _check_same_model(saved: ExperimentConfig, given: ExperimentConfig, source: str) -> None:
+    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in _FROZEN_SECTIONS and a.get(key) != b.get(key):
+            raise ConfigError(key, f"does not match the checkpoint's config ({a.get(key)!r} != {b.get(key)!r}); "
+                              "env, model and dqn cannot change on resume", source)
+
+
+def _new_run_dir(cfg: ExperimentConfig) -> Path:
+    base = Path(cfg.run.output_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():  # never reuse (and so never overwrite) a run directory
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir.resolve()
+
+
+def _plot_learning_curve(history: list[dict[str, float]], baselines: dict[str, dict[str, float]], path: Path,
+                         title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [h["env_steps"] for h in history]
+    ax.plot(xs, [h["episode_return_mean"] for h in history], marker="o", label="agent (training episodes)")
+    for name, style in (("random", ":"), ("myopic_oracle", "--"), ("planning_oracle", "-.")):
+        if name in baselines:
+            ax.axhline(baselines[name]["return_mean"], linestyle=style, color="gray", label=name)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("mean episode return")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    config_path: str | None,
+    overrides: Sequence[str] = (),
+    resume: str | None = None,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume) a run; returns where everything went. Raises ConfigError/CheckpointError/
+    TrackingError for user errors, before any training work where possible."""
+    from rllib_rec.runtime import use_torch_keras_backend
+
+    use_torch_keras_backend()
+
+    # 1. Config (and, on resume, the run it continues) -------------------------------------------
+    state: dict[str, Any] = {}
+    start_ckpt: Path | None = None
+    if resume:
+        probe = load_config(config_path, overrides) if config_path else None
+        run_dir = resolve_resume(resume, probe.run.output_dir if probe else "runs")
+        saved = config_from_dict(read_yaml(run_dir / "experiment.yaml"), str(run_dir / "experiment.yaml"))
+        cfg = config_from_dict(merge_dicts(saved.to_dict(), parse_overrides(overrides)), f"{run_dir}/experiment.yaml + --set")
+        if probe is not None:
+            _check_same_model(saved, probe, str(config_path))
+        _check_same_model(saved, cfg, "--set")
+        start_ckpt = latest_checkpoint(run_dir)
+        if start_ckpt is None:
+            raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from")
+        _check_same_model(saved, checkpoint_config(start_ckpt), str(start_ckpt))
+        state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+        state.setdefault("mlflow_run_id", checkpoint_meta(start_ckpt).get("mlflow_run_id"))
+    else:
+        cfg = load_config(config_path, overrides)
+        run_dir = _new_run_dir(cfg)
+
+    # 2. Tracking: fail before any training work if the store is unusable -------------------------
+    uri = resolve_tracking_uri(cfg.run.output_dir, tracking_uri)
+    experiment_id = connect(uri, cfg.run.experiment, cfg.run.output_dir)
+    import mlflow
+
+    # 3. Algorithm ----------------------------------------------------------------------------------
+    from rllib_rec.algo import build_algo_config
+    from rllib_rec.runtime import init_ray, set_torch_threads
+
+    set_torch_threads(cfg.run.torch_threads)
+    init_ray()
+    algo = build_algo_config(cfg).build_algo()
+    first_iter = 1
+    if start_ckpt is not None:
+        try:
+            algo.restore_from_path(str(start_ckpt.resolve()))
+        except Exception as e:  # noqa: BLE001
+            algo.stop()
+            raise CheckpointError(f"{start_ckpt}: unreadable checkpoint ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None
+        first_iter = int(checkpoint_meta(start_ckpt)["iteration"]) + 1
+    else:
+        run_dir.mkdir(parents=True)
+        atomic_write_text(run_dir / "experiment.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if config_path:
+            shutil.copyfile(config_path, run_dir / "source_config.yaml")
+
+    history: list[dict[str, float]] = []
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.is_file():
+        history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        history = [h for h in history if h["iteration"] < first_iter]
+
+    run_kwargs: dict[str, Any] = {"experiment_id": experiment_id}
+    if state.get("mlflow_run_id"):
+        run_kwargs = {"run_id": state["mlflow_run_id"]}  # continue the same MLflow run
+    else:
+        run_kwargs["run_name"] = run_dir.name
+    last_ckpt = start_ckpt
+    with mlflow.start_run(**run_kwargs) as run:
+        run_id = run.info.run_id
+        if not state.get("mlflow_run_id"):
+            mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat_params().items()})
+            mlflow.set_tags({"run_dir": str(run_dir), "config_hash": cfg.config_hash(),
+                             "overrides": " ".join(overrides)[:5000]})
+            mlflow.log_artifact(str(run_dir / "experiment.yaml"))
+            if config_path:
+                mlflow.log_artifact(str(config_path))
+        else:
+            mlflow.set_tag("resumed_from", str(start_ckpt))
+        state = {"mlflow_run_id": run_id, "iteration": first_iter - 1,
+                 "last_checkpoint": str(last_ckpt) if last_ckpt else None}
+        atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
+        log(f"run {run_dir}  (MLflow run {run_id} at {redact(uri)})")
+        if first_iter > 1:
+            log(f"resuming from {start_ckpt} at iteration {first_iter}")
+
+        t_start = time.perf_counter()
+        prev_steps = history[-1]["env_steps"] if history else 0.0
+        for it in range(first_iter, cfg.run.iterations + 1):
+            t0 = time.perf_counter()
+            m = iteration_metrics(algo.train())
+            dt = time.perf_counter() - t0
+            m.update(iteration=it, seconds=dt, epsilon=epsilon_at(cfg, m["env_steps"]),
+                     env_steps_per_s=(m["env_steps"] - prev_steps) / dt if dt > 0 else math.nan)
+            prev_steps = m["env_steps"]
+            history.append(m)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(m) + "\n")
+            mlflow.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)},
+                               step=int(m["env_steps"]))
+            saved_note = ""
+            if it % cfg.run.checkpoint_every == 0 or it == cfg.run.iterations:
+                last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
+                                             {"mlflow_run_id": run_id, "env_steps": m["env_steps"],
+                                              "config_hash": cfg.config_hash()})
+                state.update(iteration=it, last_checkpoint=str(last_ckpt))
+                atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
+                mlflow.set_tag("checkpoint_path", str(last_ckpt))
+                saved_note = f"  ckpt {last_ckpt.name}"
+            log(f"iter {it:>3}/{cfg.run.iterations}  steps {m['env_steps']:>8,.0f}  "
+                f"return {m['episode_return_mean']:6.2f}  loss {m['qf_loss']:7.4f}  "
+                f"eps {m['epsilon']:.2f}  {m['env_steps_per_s']:6,.0f} steps/s{saved_note}")
+        algo.stop()
+        if last_ckpt is None:
+            raise CheckpointError(f"{run_dir}: nothing to do (already at iteration {first_iter - 1})")
+
+        # 4. Evaluation beside the baselines, learning curve, final records -------------------------
+        from rllib_rec.checkpoints import load_module
+        from rllib_rec.evaluate import GREEDY_NAME, evaluation_table
+        from rllib_rec.report import policy_table
+
+        log(f"evaluating greedy policy on {cfg.run.eval_episodes} held-out episodes ...")
+        evaluation = evaluation_table(load_module(last_ckpt), cfg.env, cfg.run.eval_episodes, cfg.run.eval_seed)
+        table = policy_table(evaluation)
+        log(table)
+        (run_dir / "evaluation.txt").write_text(table + "\n")
+        (run_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        _plot_learning_curve(history, evaluation, run_dir / "learning_curve.png",
+                             f"{cfg.name} ({cfg.env.preset})")
+        for name, s in evaluation.items():
+            key = "agent" if name == GREEDY_NAME else name
+            mlflow.log_metric(f"eval/{key}/return_mean", s["return_mean"])
+            mlflow.log_metric(f"eval/{key}/return_ci95", s["return_ci95"])
+        for name in ("evaluation.txt", "evaluation.json", "learning_curve.png", "metrics.jsonl"):
+            mlflow.log_artifact(str(run_dir / name))
+        mlflow.set_tag("checkpoint_path", str(last_ckpt))
+        log(f"wall time {time.perf_counter() - t_start:.0f}s")
+    return TrainResult(run_dir, last_ckpt, run_id, uri, cfg.run.iterations, evaluation)
+
+
+def summary_lines(res: TrainResult) -> list[str]:
+    return [
+        f"run directory : {res.run_dir}",
+        f"checkpoint    : {res.checkpoint}",
+        f"MLflow        : {redact(res.tracking_uri)}  run {res.mlflow_run_id}",
+        f"browse        : {local_store_hint(res.tracking_uri)}",
+    ]
+
