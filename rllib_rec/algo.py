@@ -25,6 +25,8 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
         "dropout": m.dropout,
         "mlp_hidden": list(m.mlp_hidden),
         "dueling": m.dueling,
+        "item_scoring": m.item_scoring,
+        "history_features": m.history_features,
     }
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -56,6 +56,10 @@ class ModelConfig:
     dropout: float = _f(0.0, "dropout rate in the encoder", min=0.0, max=0.9)
     mlp_hidden: list[int] = _f([64, 32], "hidden widths of the Q head", min=1, max=4096)
     dueling: bool = _f(True, "dueling head: Q = V + A - mean(A)")
+    item_scoring: Literal["tied", "dense"] = _f(
+        "tied", "'tied': score items by dot product with the input item embeddings; 'dense': one output per item"
+    )
+    history_features: bool = _f(True, "add per-item event counts from the history to each item's score")
 
 
 @dataclass

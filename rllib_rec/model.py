@@ -92,6 +92,45 @@ def _encoder_block(
     return layers.LayerNormalization(epsilon=1e-6, name=f"ln2_{index}")(x + ff)  # [B, T, D]
 
 
+@keras.saving.register_keras_serializable(package="rllib_rec")
+class TiedItemScores(layers.Layer):
+    """Scores every item as ``<h, e_a> + b_a`` with ``e_a`` the *input* item embedding (pad row dropped).
+
+    Tying the output to the input embedding (as sequence recommenders like SASRec do) means that what the
+    encoder learns about an item from the history transfers directly to scoring it, and items of a kind
+    end up close together: a user who browsed one item of a category scores its neighbours up.
+    """
+
+    def __init__(self, embedding: layers.Embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def build(self, input_shape):
+        n_items = int(self.embedding.input_dim) - 1
+        self.bias = self.add_weight(name="bias", shape=(n_items,), initializer="zeros", trainable=True)
+
+    def call(self, h):
+        table = self.embedding.embeddings[1:]  # [A, D] (row 0 is padding)
+        return ops.matmul(h, ops.transpose(table)) + self.bias  # [B, A]
+
+
+def _history_item_features(items, events, n_items: int, n_event_types: int, recent: int = 3):
+    """Per-item counts of each event type in the whole history and in its last ``recent`` positions.
+
+    [B, A, 2E]: what already happened to *this* candidate (ignored twice, just clicked, browsed) is the
+    most direct evidence about it, and it is awkward for a pooled sequence vector to carry for every item.
+    One-hot + batched matmul keep it to builtin TFLite ops.
+    """
+    history_length = items.shape[1]
+    item_hot = ops.one_hot(items, n_items + 1)  # [B, T, A+1]
+    event_hot = ops.one_hot(events, n_event_types)  # [B, T, E]
+    is_recent = np.zeros((1, history_length, 1), dtype="float32")
+    is_recent[:, -recent:, :] = 1.0
+    event_feats = ops.concatenate([event_hot, event_hot * is_recent], axis=-1)  # [B, T, 2E]
+    counts = ops.matmul(ops.transpose(item_hot, (0, 2, 1)), event_feats)  # [B, A+1, 2E]
+    return counts[:, 1:, :]  # [B, A, 2E] (drop the padding token)
+
+
 def build_q_model(
     n_items: int,
     history_length: int,
@@ -103,6 +142,8 @@ def build_q_model(
     dropout: float = 0.0,
     mlp_hidden: Sequence[int] = (64, 32),
     dueling: bool = True,
+    item_scoring: str = "tied",
+    history_features: bool = True,
     name: str = "q_net",
 ) -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
@@ -120,13 +161,16 @@ def build_q_model(
         raise ValueError(f"n_items and history_length must be >= 1, got {n_items}, {history_length}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+    if item_scoring not in ("tied", "dense"):
+        raise ValueError(f"item_scoring must be 'tied' or 'dense', got {item_scoring!r}")
 
     items = keras.Input(shape=(history_length,), dtype="int32", name="items")  # [B, T]
     events = keras.Input(shape=(history_length,), dtype="int32", name="events")  # [B, T]
     action_mask = keras.Input(shape=(n_items,), dtype="int32", name="action_mask")  # [B, A]
 
     # Embeddings: item tokens 0..n_items (0 = pad), event types 0..n_event_types-1, positions.
-    x = layers.Embedding(n_items + 1, embed_dim, name="item_embedding")(items)  # [B, T, D]
+    item_embedding = layers.Embedding(n_items + 1, embed_dim, name="item_embedding")
+    x = item_embedding(items)  # [B, T, D]
     x = x + layers.Embedding(n_event_types, embed_dim, name="event_embedding")(events)  # [B, T, D]
     x = PositionalEmbedding(history_length, embed_dim, name="position_embedding")(x)  # [B, T, D]
     if dropout > 0:
@@ -160,12 +204,22 @@ def build_q_model(
     for j, units in enumerate(mlp_hidden):
         h = layers.Dense(int(units), activation="relu", name=f"mlp_{j}")(h)  # [B, H]
 
-    if dueling:
-        advantage = layers.Dense(n_items, name="advantage")(h)  # [B, A]
-        value = layers.Dense(1, name="value")(h)  # [B, 1]
-        q = value + advantage - ops.mean(advantage, axis=-1, keepdims=True)  # [B, A]
+    head = "advantage" if dueling else "q"
+    if item_scoring == "tied":
+        query = layers.Dense(embed_dim, name=f"{head}_query")(h)  # [B, D]
+        scores = TiedItemScores(item_embedding, name=f"{head}_items")(query)  # [B, A]
     else:
-        q = layers.Dense(n_items, name="q")(h)  # [B, A]
+        scores = layers.Dense(n_items, name=head)(h)  # [B, A]
+    if history_features:
+        feats = _history_item_features(items, events, n_items, n_event_types)  # [B, A, 2E]
+        per_item = layers.Dense(1, name="history_item_score")(feats)  # [B, A, 1]
+        scores = scores + ops.squeeze(per_item, axis=-1)  # [B, A]
+
+    if dueling:
+        value = layers.Dense(1, name="value")(h)  # [B, 1]
+        q = value + scores - ops.mean(scores, axis=-1, keepdims=True)  # [B, A]
+    else:
+        q = scores  # [B, A]
 
     allowed = ops.greater(action_mask, 0)  # [B, A] bool
     q = ops.where(allowed, q, ops.full_like(q, MASKED_Q))  # [B, A]

@@ -50,6 +50,8 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "mlp_hidden": (64, 32),
     "n_event_types": 6,
     "dueling": True,
+    "item_scoring": "tied",
+    "history_features": True,
     "jit_trace": True,
 }
 _OBS_KEYS = ("items", "events", "action_mask")
@@ -135,6 +137,8 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             dropout=float(cfg["dropout"]),
             mlp_hidden=tuple(int(h) for h in cfg["mlp_hidden"]),
             dueling=self.uses_dueling,
+            item_scoring=str(cfg["item_scoring"]),
+            history_features=bool(cfg["history_features"]),
         )
         self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
         self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0
