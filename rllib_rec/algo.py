@@ -27,6 +27,7 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
         "dueling": m.dueling,
         "item_scoring": m.item_scoring,
         "history_features": m.history_features,
+        "history_affinity": m.history_affinity,
     }
 
 

@@ -60,6 +60,9 @@ class ModelConfig:
         "tied", "'tied': score items by dot product with the input item embeddings; 'dense': one output per item"
     )
     history_features: bool = _f(True, "add per-item event counts from the history to each item's score")
+    history_affinity: bool = _f(
+        True, "add what happened to *similar* history items (target attention over tied embeddings)"
+    )
 
 
 @dataclass

@@ -114,6 +114,41 @@ class TiedItemScores(layers.Layer):
         return ops.matmul(h, ops.transpose(table)) + self.bias  # [B, A]
 
 
+@keras.saving.register_keras_serializable(package="rllib_rec")
+class HistoryAffinity(layers.Layer):
+    """For every item, what happened to *similar* items in the history (target attention, as in DIN).
+
+    ``affinity[b, a, t] = sigmoid(<e_a, e_items[b, t]>)`` with the tied input item embeddings, masked to
+    real history positions; the output is that affinity times the event features ([B, A, F]): e.g. "items
+    like this one were browsed twice and ignored once lately". It generalises exact per-item counts to
+    learned similarity (an item of the category the user browses scores up; a category just shown
+    several times scores down, which is how fatigue becomes visible).
+    """
+
+    def __init__(self, embedding: layers.Embedding, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
+        self.offset = self.add_weight(name="offset", shape=(), initializer="zeros", trainable=True)
+
+    def call(self, history_embedded, valid, event_feats):
+        table = self.embedding.embeddings[1:]  # [A, D]
+        sim = ops.matmul(history_embedded, ops.transpose(table))  # [B, T, A]
+        affinity = ops.sigmoid(self.scale * sim + self.offset) * ops.expand_dims(valid, -1)  # [B, T, A]
+        return ops.matmul(ops.transpose(affinity, (0, 2, 1)), event_feats)  # [B, A, F]
+
+
+def _event_features(events, n_event_types: int, recent: int = 3):
+    """One-hot event types, once for the whole history and once for its last ``recent`` positions [B, T, 2E]."""
+    history_length = events.shape[1]
+    event_hot = ops.one_hot(events, n_event_types)  # [B, T, E]
+    is_recent = np.zeros((1, history_length, 1), dtype="float32")
+    is_recent[:, -recent:, :] = 1.0
+    return ops.concatenate([event_hot, event_hot * is_recent], axis=-1)  # [B, T, 2E]
+
+
 def _history_item_features(items, events, n_items: int, n_event_types: int, recent: int = 3):
     """Per-item counts of each event type in the whole history and in its last ``recent`` positions.
 
@@ -121,12 +156,8 @@ def _history_item_features(items, events, n_items: int, n_event_types: int, rece
     most direct evidence about it, and it is awkward for a pooled sequence vector to carry for every item.
     One-hot + batched matmul keep it to builtin TFLite ops.
     """
-    history_length = items.shape[1]
     item_hot = ops.one_hot(items, n_items + 1)  # [B, T, A+1]
-    event_hot = ops.one_hot(events, n_event_types)  # [B, T, E]
-    is_recent = np.zeros((1, history_length, 1), dtype="float32")
-    is_recent[:, -recent:, :] = 1.0
-    event_feats = ops.concatenate([event_hot, event_hot * is_recent], axis=-1)  # [B, T, 2E]
+    event_feats = _event_features(events, n_event_types, recent)  # [B, T, 2E]
     counts = ops.matmul(ops.transpose(item_hot, (0, 2, 1)), event_feats)  # [B, A+1, 2E]
     return counts[:, 1:, :]  # [B, A, 2E] (drop the padding token)
 
@@ -144,6 +175,7 @@ def build_q_model(
     dueling: bool = True,
     item_scoring: str = "tied",
     history_features: bool = True,
+    history_affinity: bool = True,
     name: str = "q_net",
 ) -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
@@ -170,7 +202,8 @@ def build_q_model(
 
     # Embeddings: item tokens 0..n_items (0 = pad), event types 0..n_event_types-1, positions.
     item_embedding = layers.Embedding(n_items + 1, embed_dim, name="item_embedding")
-    x = item_embedding(items)  # [B, T, D]
+    item_vectors = item_embedding(items)  # [B, T, D]
+    x = item_vectors
     x = x + layers.Embedding(n_event_types, embed_dim, name="event_embedding")(events)  # [B, T, D]
     x = PositionalEmbedding(history_length, embed_dim, name="position_embedding")(x)  # [B, T, D]
     if dropout > 0:
@@ -210,9 +243,16 @@ def build_q_model(
         scores = TiedItemScores(item_embedding, name=f"{head}_items")(query)  # [B, A]
     else:
         scores = layers.Dense(n_items, name=head)(h)  # [B, A]
+    per_item_feats = []
     if history_features:
-        feats = _history_item_features(items, events, n_items, n_event_types)  # [B, A, 2E]
-        per_item = layers.Dense(1, name="history_item_score")(feats)  # [B, A, 1]
+        per_item_feats.append(_history_item_features(items, events, n_items, n_event_types))  # [B, A, 2E]
+    if history_affinity:
+        event_feats = _event_features(events, n_event_types)  # [B, T, 2E]
+        per_item_feats.append(HistoryAffinity(item_embedding, name="history_affinity")(item_vectors, valid, event_feats))
+    if per_item_feats:
+        feats = per_item_feats[0] if len(per_item_feats) == 1 else ops.concatenate(per_item_feats, axis=-1)
+        hidden = layers.Dense(16, activation="relu", name="history_item_hidden")(feats)  # [B, A, 16]
+        per_item = layers.Dense(1, name="history_item_score")(hidden)  # [B, A, 1]
         scores = scores + ops.squeeze(per_item, axis=-1)  # [B, A]
 
     if dueling:

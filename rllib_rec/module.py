@@ -52,6 +52,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "dueling": True,
     "item_scoring": "tied",
     "history_features": True,
+    "history_affinity": True,
     "jit_trace": True,
 }
 _OBS_KEYS = ("items", "events", "action_mask")
@@ -139,6 +140,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             dueling=self.uses_dueling,
             item_scoring=str(cfg["item_scoring"]),
             history_features=bool(cfg["history_features"]),
+            history_affinity=bool(cfg["history_affinity"]),
         )
         self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
         self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0

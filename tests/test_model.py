@@ -149,3 +149,37 @@ def test_tflite_builtins_only_matches_torch(model, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     diff = float(res.stdout.split("MAXDIFF")[1])
     assert diff < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("item_scoring", "history_features", "history_affinity", "dueling"),
+    [("tied", True, True, True), ("tied", False, False, False), ("dense", True, False, True),
+     ("dense", False, True, False)],
+)
+def test_head_variants_shapes_masking_and_cold_start(item_scoring, history_features, history_affinity, dueling):
+    m = build_q_model(N, T, embed_dim=16, num_heads=2, mlp_hidden=(16,), dueling=dueling, item_scoring=item_scoring,
+                      history_features=history_features, history_affinity=history_affinity)
+    obs = _obs(np.random.default_rng(7))
+    q = _q(m, obs)
+    assert q.shape == (8, N) and np.isfinite(q).all()
+    np.testing.assert_array_equal(q[obs["action_mask"] == 0], MASKED_Q)
+    names = {v.path.split("/")[0] for v in m.weights}
+    assert ("history_item_score" in names) == (history_features or history_affinity)
+    assert ("advantage_items" in names or "q_items" in names) == (item_scoring == "tied")
+    # tied scoring shares the input table: exactly one item embedding variable
+    assert sum(v.path.startswith("item_embedding/") for v in m.weights) == 1
+
+
+def test_history_counts_reach_the_item_they_describe():
+    """With the encoder's contribution fixed, changing what happened to item k changes only Q[k]."""
+    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False)
+    for v in m.weights:  # silence everything but the per-item history path
+        if not v.path.startswith("history_item"):
+            v.assign(np.zeros(v.shape, dtype="float32"))
+    obs = {k: v[1:2].copy() for k, v in _obs(np.random.default_rng(3)).items()}  # a full history
+    obs["action_mask"][:] = 1
+    obs["items"][0, -1], obs["events"][0, -1] = 5, 2  # item index 4 was just ignored
+    other = {k: v.copy() for k, v in obs.items()}
+    other["events"][0, -1] = 4  # ... clicked instead
+    diff = np.abs(_q(m, obs) - _q(m, other))[0]
+    assert diff[4] > 0 and np.all(np.delete(diff, 4) == 0)

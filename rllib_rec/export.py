@@ -1,0 +1,616 @@
+"""``rllib-rec export``: checkpoint -> verified TFLite model (+ JSON sidecar), logged and registered in MLflow.
+
+Two processes, because Keras freezes its backend at first import and the CLI/training side runs Keras on
+torch:
+
+1. This process (torch Keras) restores the checkpoint's RLModule, dumps its Q-network weights (by Keras
+   variable path) to an ``.npz`` in a temp dir, and records the module's own Q-values on ``samples``
+   observations drawn from the simulator with an epsilon-greedy policy (the reference, "Q_checkpoint").
+2. A child ``python -m rllib_rec.export --convert JOB`` with ``KERAS_BACKEND=tensorflow`` rebuilds the
+   network from the checkpoint's *recorded* config, loads the weights (strictly: a wrong architecture
+   fails), exports a SavedModel, converts it with ``TFLITE_BUILTINS`` only (no Flex: pip TF cannot run
+   it) per quantisation mode, and runs every sample through ``ai_edge_litert`` at batch 1 (what
+   ``serve`` does) and as one batch.
+
+The parity gate (:data:`TOLERANCES`) then decides: a model that fails is never written. Files are
+written under a hidden temp name and hard-linked into place (``os.link`` refuses to replace), so an
+existing export is never overwritten and a failed command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "QUANT_MODES",
+    "TOLERANCES",
+    "ExportError",
+    "ExportResult",
+    "Tolerance",
+    "check_gate",
+    "export_checkpoint",
+    "model_build_kwargs",
+    "model_filename",
+    "resolve_source",
+    "sample_observations",
+    "tflite_ops",
+]
+
+QUANT_MODES = ("none", "fp16", "dynamic-int8")
+SIGNATURE = "serving_default"
+SIDECAR_FORMAT = "rllib-rec-tflite/1"
+_FILE_STEMS = {"none": "model", "fp16": "model_fp16", "dynamic-int8": "model_int8"}
+_INPUTS = ("items", "events", "action_mask")
+# Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.model); anything above this
+# threshold in a masked slot means the mask was lost in conversion.
+_MASKED_THRESHOLD = -1e8
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity gate of one quantisation mode: ``max|Q_tflite - Q_ckpt| <= atol + rtol * q_scale`` over
+    candidate items (``q_scale`` = max |Q_ckpt| over candidates, so the quantised bounds follow the size
+    of the Q-values rather than a fixed number), and masked top-1 agreement >= ``top1``."""
+
+    atol: float
+    rtol: float
+    top1: float
+
+    def bound(self, q_scale: float) -> float:
+        return self.atol + self.rtol * q_scale
+
+
+# float: the conversion must be numerically the same network (observed ~1e-6).
+# fp16: weights rounded to 11 significant bits (relative error ~5e-4 per weight, accumulated over a few
+# layers) -> 1% of the Q scale. dynamic-int8: weights (tensors >= 1024 elements) in 8 bits with float
+# activations -> 5% of the Q scale. Both must still pick the same item on >= 99% of observations.
+TOLERANCES: dict[str, Tolerance] = {
+    "none": Tolerance(atol=1e-4, rtol=0.0, top1=1.0),
+    "fp16": Tolerance(atol=1e-4, rtol=1e-2, top1=0.99),
+    "dynamic-int8": Tolerance(atol=1e-3, rtol=5e-2, top1=0.99),
+}
+
+
+class ExportError(RuntimeError):
+    """Export failed (bad source, existing target, conversion or parity failure); one-line message."""
+
+
+@dataclass
+class ExportResult:
+    checkpoint: Path
+    out_dir: Path
+    files: dict[str, Path]  # mode -> .tflite path (its sidecar is the same path with .json)
+    parity: dict[str, dict[str, Any]]
+    registered: dict[str, str] = field(default_factory=dict)  # mode -> "name/version"
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def model_filename(mode: str) -> str:
+    """``model.tflite`` for float, ``model_fp16.tflite`` / ``model_int8.tflite`` for quantised exports."""
+    return f"{_FILE_STEMS[mode]}.tflite"
+
+
+# --------------------------------------------------------------------------------------------- sources
+def resolve_source(checkpoint: str | None = None, best: str | None = None) -> Path:
+    """The checkpoint to export: ``--checkpoint`` (checkpoint or run dir) or ``--best best.json``, a JSON
+    object ``{"checkpoint": path, ...}`` written by the sweep (a relative path is relative to the JSON)."""
+    from rllib_rec.checkpoints import resolve_checkpoint
+
+    if (checkpoint is None) == (best is None):
+        raise ExportError("give exactly one of --checkpoint PATH or --best best.json")
+    if checkpoint is not None:
+        return resolve_checkpoint(checkpoint)
+    path = Path(best).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{best}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{best}: not readable JSON ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    ck = data.get("checkpoint") if isinstance(data, dict) else None
+    if not isinstance(ck, str) or not ck:
+        raise ExportError(f"{best}: key 'checkpoint' must be a non-empty path string, got {ck!r}")
+    ck_path = Path(ck).expanduser()
+    if not ck_path.is_absolute():
+        ck_path = path.resolve().parent / ck_path
+    return resolve_checkpoint(ck_path)
+
+
+def _run_dir(ckpt: Path) -> Path | None:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def _default_out(ckpt: Path) -> Path:
+    run_dir = _run_dir(ckpt)
+    return (run_dir / "exports" / ckpt.name) if run_dir else (ckpt.parent / "exports" / ckpt.name)
+
+
+# --------------------------------------------------------------------------------------------- samples
+def sample_observations(
+    env_config: Any,
+    n: int,
+    q_fn: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+    *,
+    epsilon: float = 0.5,
+    seed: int = 20_240_601,
+    n_envs: int = 16,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """``n`` observations from the simulator under an epsilon-greedy policy over ``q_fn`` (uniform over the
+    candidates where ``q_fn`` is None), and ``q_fn``'s Q-values for them.
+
+    Epsilon-greedy rather than uniform so that the samples include the histories the trained policy
+    actually produces (repeated clicks on what it likes) as well as cold starts and random ones.
+    """
+    from envs import ECommerceEnv
+
+    rng = np.random.default_rng(seed)
+    envs = [ECommerceEnv(env_config) for _ in range(max(1, min(n_envs, n)))]
+    obs_list = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    next_seed = seed + len(envs)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in _INPUTS}
+    qs: list[np.ndarray] = []
+    while len(rows["items"]) < n:
+        batch = {k: np.stack([o[k] for o in obs_list]) for k in _INPUTS}
+        q = q_fn(batch) if q_fn is not None else None
+        take = min(len(envs), n - len(rows["items"]))
+        for k in _INPUTS:
+            rows[k].extend(batch[k][:take])
+        if q is not None:
+            qs.extend(q[:take])
+        for i, env in enumerate(envs):
+            allowed = np.flatnonzero(batch["action_mask"][i])
+            if q is not None and rng.random() >= epsilon:
+                a = int(allowed[np.argmax(q[i][allowed])])
+            else:
+                a = int(rng.choice(allowed))
+            obs, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                obs, _ = env.reset(seed=next_seed)
+                next_seed += 1
+            obs_list[i] = obs
+    out = {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
+    return out, (np.stack(qs).astype(np.float32) if q_fn is not None else None)
+
+
+def model_build_kwargs(cfg: Any) -> dict[str, Any]:
+    """``build_q_model`` kwargs (JSON-able) of a checkpoint's recorded config: what the TF side rebuilds."""
+    from envs import N_EVENT_TYPES
+    from rllib_rec.algo import module_model_config
+
+    return {
+        **module_model_config(cfg),
+        "n_items": cfg.env.catalog.n_items,
+        "history_length": cfg.env.history_length,
+        "n_event_types": N_EVENT_TYPES,
+    }
+
+
+def _module_weights(module: Any) -> dict[str, np.ndarray]:
+    """The Q-network weights of a restored RLModule by Keras variable path (a seam for tests)."""
+    from rllib_rec.model import q_model_weights
+
+    return q_model_weights(module.qnet)
+
+
+def _module_q_fn(module: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    import torch
+    from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
+    from ray.rllib.core.columns import Columns
+
+    def q_fn(batch: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            out = module.compute_q_values({Columns.OBS: {k: torch.from_numpy(v) for k, v in batch.items()}})
+        return out[QF_PREDS].cpu().numpy().astype(np.float32)
+
+    return q_fn
+
+
+# --------------------------------------------------------------------------------------------- gate
+def check_gate(parity: dict[str, Any], mode: str) -> str | None:
+    """None if ``parity`` (figures from the converter child) passes ``mode``'s gate, else why not."""
+    tol = TOLERANCES[mode]
+    bound = tol.bound(float(parity["q_scale"]))
+    worst = float(parity["max_abs_diff"])
+    worst_batch = float(parity.get("max_abs_diff_batched", 0.0))
+    if not (np.isfinite(worst) and np.isfinite(worst_batch)):
+        return "non-finite Q-values"
+    if worst > bound:
+        return f"max |Q_tflite - Q_checkpoint| {worst:.3g} > {bound:.3g}"
+    if worst_batch > bound:
+        return f"batched max |Q_tflite - Q_checkpoint| {worst_batch:.3g} > {bound:.3g}"
+    if float(parity["top1_agreement"]) < tol.top1:
+        return f"top-1 agreement {parity['top1_agreement']:.2%} < {tol.top1:.0%}"
+    if not parity.get("masked_ok", False):
+        return "non-candidate items are no longer masked"
+    return None
+
+
+def tflite_ops(model: bytes) -> list[str]:
+    """Operator names of a .tflite flatbuffer (``CUSTOM:<name>`` for custom/Flex ops), sorted.
+
+    Reads the flatbuffer schema shipped with ai-edge-litert, so it needs no TensorFlow.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(model, 0)
+    ops = set()
+    for i in range(m.OperatorCodesLength()):
+        oc = m.OperatorCodes(i)
+        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+        name = names.get(code, f"UNKNOWN_{code}")
+        if name == "CUSTOM":
+            custom = oc.CustomCode()
+            name = f"CUSTOM:{custom.decode() if isinstance(custom, bytes) else custom}"
+        ops.add(name)
+    return sorted(ops)
+
+
+def _tensor_types(model: bytes) -> dict[str, int]:
+    """How many tensors of each type (how much of the model a quantisation mode actually changed)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(model, 0)
+    counts: dict[str, int] = {}
+    for s in range(m.SubgraphsLength()):
+        g = m.Subgraphs(s)
+        for t in range(g.TensorsLength()):
+            name = names.get(g.Tensors(t).Type(), "?")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- export
+def export_checkpoint(
+    checkpoint: str | None = None,
+    best: str | None = None,
+    quantize: Sequence[str] = ("none",),
+    out: str | None = None,
+    samples: int = 1000,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export, verify, write and (with ``track``) log + register one model per quantisation mode.
+
+    All modes pass the gate or nothing is written. Raises ExportError / CheckpointError / ConfigError /
+    TrackingError with one-line messages.
+    """
+    from rllib_rec.checkpoints import checkpoint_config, checkpoint_meta
+
+    modes = list(dict.fromkeys(quantize))
+    bad = [m for m in modes if m not in QUANT_MODES]
+    if bad or not modes:
+        raise ExportError(f"--quantize {bad[0] if bad else ''!r}: choose from {', '.join(QUANT_MODES)}")
+    if samples < 1000:
+        raise ExportError(f"--samples must be >= 1000 for a meaningful parity gate, got {samples}")
+    ckpt = resolve_source(checkpoint, best)
+    cfg = checkpoint_config(ckpt)
+    meta = checkpoint_meta(ckpt)
+    out_dir = Path(out).expanduser().resolve() if out else _default_out(ckpt)
+    targets = {m: out_dir / model_filename(m) for m in modes}
+    for path in targets.values():
+        for p in (path, path.with_suffix(".json")):
+            if p.exists():
+                raise ExportError(f"{p}: already exists; refusing to overwrite an export (choose another --out)")
+
+    # Tracking first: fail in seconds, before any conversion work, if the store is unusable.
+    uri = experiment_id = None
+    if track:
+        from rllib_rec.tracking import connect, resolve_tracking_uri
+
+        run_dir = _run_dir(ckpt)
+        store_dir = run_dir.parent if run_dir else out_dir
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            local = store_dir / "mlflow.db"
+            uri = f"sqlite:///{local}" if local.is_file() else resolve_tracking_uri(cfg.run.output_dir)
+        experiment_id = connect(uri, cfg.run.experiment, store_dir)
+
+    from envs import EVENT_NAMES
+    from rllib_rec.checkpoints import load_module
+    from rllib_rec.runtime import set_torch_threads
+
+    t0 = time.perf_counter()
+    module = load_module(ckpt)
+    set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
+    build_kwargs = model_build_kwargs(cfg)
+    weights = _module_weights(module)
+    obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
+    log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
+        f"({time.perf_counter() - t0:.1f}s)")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
+    try:
+        paths = sorted(weights)
+        np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
+        np.savez(work / "samples.npz", q_ref=q_ref, **obs)
+        (work / "job.json").write_text(json.dumps({
+            "build_kwargs": build_kwargs, "weight_paths": paths, "modes": modes,
+        }))
+        t1 = time.perf_counter()
+        _run_converter(work)
+        result = json.loads((work / "result.json").read_text())
+        log(f"converted {', '.join(modes)} with TFLITE_BUILTINS ({time.perf_counter() - t1:.1f}s)")
+        if "dynamic-int8" in modes and not result["modes"]["dynamic-int8"]["tensor_types"].get("INT8"):
+            log("note: dynamic-int8 quantised no tensor (TFLite only quantises weights with >= 1024 elements); "
+                "the file is numerically the float model")
+
+        failures = []
+        for m in modes:
+            r = result["modes"][m]
+            parity = r["parity"]
+            tol = TOLERANCES[m]
+            parity.update(tolerance=tol.bound(parity["q_scale"]), tolerance_atol=tol.atol,
+                          tolerance_rtol=tol.rtol, top1_required=tol.top1)
+            non_builtin = [op for op in r["ops"] if op.startswith(("CUSTOM", "UNKNOWN", "FLEX"))]
+            why = check_gate(parity, m) or (f"non-builtin ops {non_builtin}" if non_builtin else None)
+            parity["passed"] = why is None
+            if why:
+                failures.append(f"{m}: {why}")
+        if failures:
+            raise ExportError(f"parity gate failed for {ckpt} ({'; '.join(failures)}); nothing written")
+
+        written: dict[str, Path] = {}
+        try:
+            for m in modes:
+                sidecar = _sidecar(m, targets[m].name, result, ckpt, cfg, meta, EVENT_NAMES, samples)
+                tmp_json = work / f"{_FILE_STEMS[m]}.json"
+                tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
+                for src, dst in ((work / f"{m}.tflite", targets[m]), (tmp_json, targets[m].with_suffix(".json"))):
+                    os.link(src, dst)  # fails instead of replacing an existing file
+                    written[str(dst)] = dst
+        except FileExistsError as e:
+            for p in written.values():
+                p.unlink(missing_ok=True)
+            raise ExportError(f"{e.filename}: already exists; refusing to overwrite an export") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    res = ExportResult(ckpt, out_dir, targets, {m: result["modes"][m]["parity"] for m in modes})
+    if track:
+        _track(res, cfg, meta, uri, experiment_id, log)
+    return res
+
+
+def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: Any, meta: dict[str, Any],
+             event_names: Sequence[str], samples: int) -> dict[str, Any]:
+    r = result["modes"][mode]
+    bk = result["build_kwargs"]
+    return {
+        "format": SIDECAR_FORMAT,
+        "model_file": filename,
+        "quantization": mode,
+        "signature": SIGNATURE,
+        "inputs": r["inputs"],
+        "output": r["output"],
+        "n_items": bk["n_items"],
+        "history_length": bk["history_length"],
+        "n_event_types": bk["n_event_types"],
+        "item_ids": (f"0..{bk['n_items'] - 1}; the model's input token for item i is i + 1 "
+                     "(0 = padding); histories are oldest first and left-padded"),
+        "event_codes": {name: code for code, name in enumerate(event_names)},
+        "masked_q": -1e9,
+        "model_config": {k: v for k, v in bk.items() if k not in ("n_items", "history_length")},
+        "config_name": cfg.name,
+        "config_hash": cfg.config_hash(),
+        "source_config_hash": meta.get("config_hash"),
+        "env_preset": cfg.env.preset,
+        "source_checkpoint": str(ckpt),
+        "source_iteration": meta.get("iteration"),
+        "source_mlflow_run_id": meta.get("mlflow_run_id"),
+        "parity": {**r["parity"], "samples": samples, "reference": "RLModule.compute_q_values (torch)",
+                   "policy": "epsilon-greedy (0.5) over the checkpoint's Q-values"},
+        "ops": r["ops"],
+        "tensor_types": r["tensor_types"],
+        "size_bytes": r["size_bytes"],
+        "converter": r["converter"],
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _run_converter(work: Path) -> None:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "rllib_rec.export", "--convert", str(work)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 or not (work / "result.json").is_file():
+        err = (work / "error.txt").read_text().strip() if (work / "error.txt").is_file() else ""
+        if not err:
+            lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+            err = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise ExportError(f"TFLite conversion failed: {' '.join(err.split())[:300]}")
+
+
+def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experiment_id: str,
+           log: Callable[[str], None]) -> None:
+    """Log the files to the checkpoint's MLflow run (a new run in its experiment if that run is not in this
+    store) and register one model version per file. ``mlflow.register_model`` needs an MLflow-format model
+    in MLflow 3, so the version is created from the artifact directory with the client API."""
+    import mlflow
+
+    from rllib_rec.tracking import TrackingError, redact
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        run_id = meta.get("mlflow_run_id")
+        if run_id:
+            try:
+                client.get_run(run_id)
+            except Exception:  # noqa: BLE001 — not in this store (e.g. another tracking URI)
+                run_id = None
+        if not run_id:
+            run_id = client.create_run(experiment_id, run_name=f"export-{cfg.name}",
+                                       tags={"source_checkpoint": str(res.checkpoint)}).info.run_id
+            client.set_terminated(run_id)
+        name = f"rllib-rec-{cfg.name}"
+        try:
+            client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 — does not exist yet
+            client.create_registered_model(name, description="rllib-rec Transformer-DQN Q-network, TFLite")
+        for mode, path in res.files.items():
+            artifact_path = f"tflite/{res.checkpoint.name}/{mode}"
+            client.log_artifact(run_id, str(path), artifact_path)
+            client.log_artifact(run_id, str(path.with_suffix(".json")), artifact_path)
+            p = res.parity[mode]
+            prefix = f"export_{mode.replace('-', '_')}"
+            for key in ("max_abs_diff", "top1_agreement"):
+                client.log_metric(run_id, f"{prefix}_{key}", float(p[key]))
+            client.set_tag(run_id, f"{prefix}_path", str(path))
+            mv = client.create_model_version(
+                name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                tags={"quantization": mode, "file": path.name, "config_hash": cfg.config_hash(),
+                      "checkpoint": str(res.checkpoint), "max_abs_diff": f"{p['max_abs_diff']:.3g}",
+                      "top1_agreement": f"{p['top1_agreement']:.4f}"},
+            )
+            res.registered[mode] = f"{name}/{mv.version}"
+        res.mlflow_run_id, res.tracking_uri = run_id, uri
+    except Exception as e:  # noqa: BLE001 — files are written and valid; say so and what failed
+        msg = redact(" ".join(str(e).split()))[:200]
+        raise TrackingError(f"exported to {res.out_dir}, but MLflow logging at {redact(uri)} failed: "
+                            f"{type(e).__name__}: {msg}") from None
+    log(f"MLflow run {run_id} at {redact(uri)}: registered {', '.join(res.registered.values())}")
+
+
+def summary_lines(res: ExportResult) -> list[str]:
+    """One line per exported file for the CLI."""
+    lines = []
+    for mode, path in res.files.items():
+        p = res.parity[mode]
+        lines.append(
+            f"{path}  {path.stat().st_size / 1024:.0f} KiB  {mode:<12}  max|dQ| {p['max_abs_diff']:.2e} "
+            f"(<= {p['tolerance']:.1e})  top-1 {p['top1_agreement']:.2%}"
+        )
+    for mode, version in res.registered.items():
+        lines.append(f"registered {version} ({mode})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------- child
+def _convert_main(work: Path) -> None:
+    """Child process (KERAS_BACKEND=tensorflow): rebuild, load weights, convert, measure parity."""
+    if os.environ.get("KERAS_BACKEND") != "tensorflow":
+        raise RuntimeError("the converter child needs KERAS_BACKEND=tensorflow")
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from rllib_rec.model import build_q_model, load_q_model_weights
+
+    job = json.loads((work / "job.json").read_text())
+    bk = job["build_kwargs"]
+    model = build_q_model(**{**bk, "mlp_hidden": tuple(bk["mlp_hidden"])}, name="q_net")
+    with np.load(work / "weights.npz") as z:
+        weights = {p: z[f"w{i}"] for i, p in enumerate(job["weight_paths"])}
+    try:
+        load_q_model_weights(model, weights)
+    except (KeyError, ValueError) as e:
+        raise RuntimeError(f"checkpoint weights do not fit the model built from its recorded config: {e}") from None
+    saved = work / "saved_model"
+    model.export(str(saved), format="tf_saved_model", verbose=False)
+
+    with np.load(work / "samples.npz") as z:
+        obs = {k: z[k] for k in _INPUTS}
+        q_ref = z["q_ref"]
+    cand = obs["action_mask"] > 0
+    q_scale = float(np.max(np.abs(np.where(cand, q_ref, 0.0))))
+
+    out: dict[str, Any] = {"build_kwargs": bk, "modes": {}}
+    for mode in job["modes"]:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if mode in ("fp16", "dynamic-int8"):
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "fp16":
+            conv.target_spec.supported_types = [tf.float16]
+        blob = conv.convert()
+        (work / f"{mode}.tflite").write_bytes(blob)
+
+        interp = Interpreter(model_content=blob, num_threads=1)
+        runner = interp.get_signature_runner(SIGNATURE)
+        out_name = interp.get_signature_list()[SIGNATURE]["outputs"][0]
+        q_single = np.stack([
+            runner(**{k: obs[k][i : i + 1] for k in _INPUTS})[out_name][0] for i in range(len(q_ref))
+        ])
+        q_batch = runner(**obs)[out_name]
+        out["modes"][mode] = {
+            "parity": _parity(q_single, q_batch, q_ref, cand, q_scale),
+            "ops": tflite_ops(blob),
+            "tensor_types": _tensor_types(blob),
+            "size_bytes": len(blob),
+            "inputs": _io_details(interp.get_input_details(), SIGNATURE),
+            "output": {**_io_details(interp.get_output_details(), SIGNATURE)[out_name], "name": out_name},
+            "converter": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                          "supported_ops": ["TFLITE_BUILTINS"],
+                          "optimizations": [] if mode == "none" else ["DEFAULT"],
+                          "supported_types": ["float16"] if mode == "fp16" else []},
+        }
+    (work / "result.json").write_text(json.dumps(out))
+
+
+def _io_details(details: list[dict[str, Any]], signature: str) -> dict[str, dict[str, Any]]:
+    """{signature name: {tensor, shape, dtype}}; tensor names are ``serving_default_<name>:0`` and their
+    order is not the declared order, so callers map by name."""
+    res = {}
+    for d in details:
+        name = d["name"].removeprefix(f"{signature}_").split(":")[0]
+        if name.startswith("StatefulPartitionedCall"):
+            name = "output_0"
+        res[name] = {"tensor": d["name"], "shape": [int(s) for s in d["shape_signature"]],
+                     "dtype": np.dtype(d["dtype"]).name}
+    return res
+
+
+def _parity(q_single: np.ndarray, q_batch: np.ndarray, q_ref: np.ndarray, cand: np.ndarray,
+            q_scale: float) -> dict[str, Any]:
+    diff = np.abs(q_single - q_ref)[cand]
+    diff_b = np.abs(q_batch - q_ref)[cand]
+    masked_ref = np.where(cand, q_ref, -np.inf)
+    top_ref = np.argmax(masked_ref, axis=1)
+    top_tfl = np.argmax(np.where(cand, q_single, -np.inf), axis=1)
+    srt = np.sort(masked_ref, axis=1)
+    gap = srt[:, -1] - srt[:, -2] if masked_ref.shape[1] > 1 else np.full(len(srt), np.inf)
+    masked = ~cand
+    return {
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "max_abs_diff_batched": float(diff_b.max()) if diff_b.size else 0.0,
+        "q_scale": q_scale,
+        "top1_agreement": float(np.mean(top_ref == top_tfl)),
+        "top1_disagreements": int(np.sum(top_ref != top_tfl)),
+        "min_top2_gap": float(np.min(gap[np.isfinite(gap)])) if np.isfinite(gap).any() else None,
+        "masked_ok": bool(np.all(q_single[masked] <= _MASKED_THRESHOLD)) if masked.any() else True,
+    }
+
+
+def _child(argv: Sequence[str]) -> int:
+    if len(argv) != 2 or argv[0] != "--convert":
+        print("usage: python -m rllib_rec.export --convert JOB_DIR (internal; use `rllib-rec export`)",
+              file=sys.stderr)
+        return 2
+    work = Path(argv[1])
+    try:
+        _convert_main(work)
+    except Exception as e:  # noqa: BLE001 — reported to the parent as one line
+        (work / "error.txt").write_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -1,0 +1,184 @@
+"""TFLite export: the parity gate passes for a real checkpoint and fails for a corrupted one (writing
+nothing), builtin ops only, the sidecar, MLflow registration, no overwrites, best.json.
+
+Uses the session fixtures `trained_debug` / `exported` from conftest.py (one training run, one export of
+every quantisation mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import mlflow
+import numpy as np
+import pytest
+
+from rllib_rec.checkpoints import CheckpointError, checkpoint_config
+from rllib_rec.cli import main
+from rllib_rec.export import (
+    QUANT_MODES,
+    TOLERANCES,
+    ExportError,
+    check_gate,
+    model_filename,
+    resolve_source,
+    tflite_ops,
+)
+
+MODES_FILES = {m: model_filename(m) for m in QUANT_MODES}
+
+
+def _sidecar(out: pathlib.Path, mode: str) -> dict:
+    return json.loads((out / MODES_FILES[mode]).with_suffix(".json").read_text())
+
+
+def _digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.iterdir()) if p.is_file())).hexdigest()
+
+
+def test_float_export_passes_the_gate(exported) -> None:
+    p = _sidecar(exported, "none")["parity"]
+    assert p["samples"] >= 1000
+    assert p["max_abs_diff"] <= 1e-4 and p["max_abs_diff_batched"] <= 1e-4
+    assert p["top1_agreement"] == 1.0 and p["masked_ok"] and p["passed"]
+
+
+@pytest.mark.parametrize("mode,quantised_type", [("fp16", "FLOAT16"), ("dynamic-int8", "INT8")])
+def test_quantised_exports_report_top1(exported, mode, quantised_type) -> None:
+    side = _sidecar(exported, mode)
+    p = side["parity"]
+    assert p["top1_agreement"] >= 0.99 and p["passed"]
+    assert p["max_abs_diff"] <= TOLERANCES[mode].bound(p["q_scale"])
+    assert side["tensor_types"].get(quantised_type, 0) > 0, side["tensor_types"]  # really quantised
+    assert (exported / MODES_FILES[mode]).stat().st_size < (exported / "model.tflite").stat().st_size
+
+
+def test_tflite_has_builtin_ops_only_and_runs_in_litert(exported, trained_debug) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from rllib_rec.checkpoints import load_module
+    from rllib_rec.export import _module_q_fn, sample_observations
+
+    cfg = checkpoint_config(trained_debug.checkpoint)
+    obs, q_ref = sample_observations(cfg.env, 20, _module_q_fn(load_module(trained_debug.checkpoint)), seed=7)
+    for mode, name in MODES_FILES.items():
+        blob = (exported / name).read_bytes()
+        ops = tflite_ops(blob)
+        assert ops and all(not op.startswith(("CUSTOM", "UNKNOWN")) for op in ops), (mode, ops)
+        assert "FULLY_CONNECTED" in ops and "SOFTMAX" in ops
+        assert _sidecar(exported, mode)["ops"] == ops
+        runner = Interpreter(model_content=blob, num_threads=1).get_signature_runner("serving_default")
+        q = runner(**obs)["output_0"]  # a batch of 20 through the dynamic batch dimension
+        cand = obs["action_mask"] > 0
+        tol = 1e-4 if mode == "none" else TOLERANCES[mode].bound(float(np.abs(q_ref[cand]).max()))
+        assert np.abs(q - q_ref)[cand].max() <= tol, mode
+        assert np.all(q[~cand] <= -1e8)
+
+
+def test_sidecar_describes_the_model(exported, trained_debug) -> None:
+    from envs import EVENT_NAMES
+
+    cfg = checkpoint_config(trained_debug.checkpoint)
+    side = _sidecar(exported, "none")
+    n, t = cfg.env.catalog.n_items, cfg.env.history_length
+    assert side["n_items"] == n and side["history_length"] == t
+    assert side["inputs"] == {
+        "items": {"tensor": "serving_default_items:0", "shape": [-1, t], "dtype": "int32"},
+        "events": {"tensor": "serving_default_events:0", "shape": [-1, t], "dtype": "int32"},
+        "action_mask": {"tensor": "serving_default_action_mask:0", "shape": [-1, n], "dtype": "int32"},
+    }
+    assert side["output"]["shape"] == [-1, n] and side["output"]["dtype"] == "float32"
+    assert side["event_codes"] == {name: i for i, name in enumerate(EVENT_NAMES)}
+    assert side["config_hash"] == cfg.config_hash() and side["config_name"] == "debug"
+    assert side["source_checkpoint"] == str(trained_debug.checkpoint)
+    assert side["quantization"] == "none" and side["model_file"] == "model.tflite"
+    assert side["model_config"]["embed_dim"] == 32
+
+
+def test_logged_to_the_checkpoint_run_and_registered(exported, trained_debug) -> None:
+    client = mlflow.MlflowClient(trained_debug.tracking_uri)
+    versions = client.search_model_versions("name='rllib-rec-debug'")
+    assert sorted(v.tags["quantization"] for v in versions) == sorted(QUANT_MODES)
+    assert {v.run_id for v in versions} == {trained_debug.mlflow_run_id}
+    ckpt_name = trained_debug.checkpoint.name
+    for mode, fname in MODES_FILES.items():
+        logged = {pathlib.PurePosixPath(a.path).name
+                  for a in client.list_artifacts(trained_debug.mlflow_run_id, f"tflite/{ckpt_name}/{mode}")}
+        assert logged == {fname, fname.replace(".tflite", ".json")}
+    metrics = client.get_run(trained_debug.mlflow_run_id).data.metrics
+    assert metrics["export_none_top1_agreement"] == 1.0
+
+
+def test_corrupted_weight_fails_the_gate_and_writes_nothing(trained_debug, tmp_path, monkeypatch, capsys) -> None:
+    import rllib_rec.export as export
+
+    real = export._module_weights
+
+    def corrupted(module):
+        w = real(module)
+        key = next(k for k in sorted(w) if k.endswith("kernel") and "mlp_0" in k)
+        w[key] = w[key] + 0.5  # one weight tensor off: the TFLite model is no longer the checkpoint
+        return w
+
+    monkeypatch.setattr(export, "_module_weights", corrupted)
+    out = tmp_path / "bad"
+    rc = main(["export", "--checkpoint", str(trained_debug.checkpoint), "--out", str(out), "--no-mlflow"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("rllib-rec export: error: parity gate failed") and "nothing written" in err[-1]
+    assert "max |Q_tflite - Q_checkpoint|" in err[-1] or "top-1" in err[-1]
+    assert not out.exists() or list(out.iterdir()) == []  # no model, no sidecar, no temp dir left
+
+
+def test_refuses_to_overwrite_an_export(exported, trained_debug, capsys) -> None:
+    before = _digest(exported)
+    rc = main(["export", "--checkpoint", str(trained_debug.checkpoint), "--out", str(exported), "--no-mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "already exists; refusing to overwrite" in err and len(err.splitlines()) == 1
+    assert _digest(exported) == before
+
+
+def test_best_json_names_the_checkpoint(trained_debug, tmp_path) -> None:
+    ckpt = trained_debug.checkpoint
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"checkpoint": str(ckpt), "metric": 1.0}))
+    assert resolve_source(best=str(best)) == ckpt
+    rel = ckpt.parent / "best.json"  # relative paths are relative to the JSON file
+    try:
+        rel.write_text(json.dumps({"checkpoint": ckpt.name}))
+        assert resolve_source(best=str(rel)) == ckpt
+    finally:
+        rel.unlink()
+    best.write_text(json.dumps({"path": str(ckpt)}))
+    with pytest.raises(ExportError, match="best.json: key 'checkpoint'"):
+        resolve_source(best=str(best))
+    best.write_text("{not json")
+    with pytest.raises(ExportError, match="not readable JSON"):
+        resolve_source(best=str(best))
+    best.write_text(json.dumps({"checkpoint": str(tmp_path / "nope")}))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        resolve_source(best=str(best))
+
+
+def test_bad_options_are_one_line_errors(trained_debug, capsys) -> None:
+    for args, needle in [
+        (["--quantize", "int4"], "--quantize 'int4': choose from none, fp16, dynamic-int8"),
+        (["--samples", "10"], "--samples must be >= 1000"),
+    ]:
+        rc = main(["export", "--checkpoint", str(trained_debug.checkpoint), "--no-mlflow", *args])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+
+
+def test_gate_logic() -> None:
+    ok = {"max_abs_diff": 1e-6, "max_abs_diff_batched": 1e-6, "q_scale": 2.0, "top1_agreement": 1.0,
+          "masked_ok": True}
+    assert check_gate(ok, "none") is None
+    assert check_gate({**ok, "max_abs_diff": 2e-4}, "none") == "max |Q_tflite - Q_checkpoint| 0.0002 > 0.0001"
+    assert "top-1" in check_gate({**ok, "top1_agreement": 0.999}, "none")
+    assert check_gate({**ok, "max_abs_diff": 1e-2, "top1_agreement": 0.995}, "fp16") is None  # 1e-2 <= 0.0201
+    assert "top-1" in check_gate({**ok, "top1_agreement": 0.98}, "dynamic-int8")
+    assert "non-finite" in check_gate({**ok, "max_abs_diff": float("nan")}, "fp16")
+    assert "masked" in check_gate({**ok, "masked_ok": False}, "none")
