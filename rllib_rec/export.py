@@ -334,8 +334,10 @@ def export_checkpoint(
     log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
         f"({time.perf_counter() - t0:.1f}s)")
 
+    created_out = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
+    ok = False
     try:
         paths = sorted(weights)
         np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
@@ -379,8 +381,11 @@ def export_checkpoint(
             for p in written.values():
                 p.unlink(missing_ok=True)
             raise ExportError(f"{e.filename}: already exists; refusing to overwrite an export") from None
+        ok = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not ok and created_out and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed export leaves no trace, not even the directory it would have made
 
     res = ExportResult(ckpt, out_dir, targets, {m: result["modes"][m]["parity"] for m in modes})
     if track:
@@ -553,8 +558,8 @@ def _convert_main(work: Path) -> None:
             "ops": tflite_ops(blob),
             "tensor_types": _tensor_types(blob),
             "size_bytes": len(blob),
-            "inputs": _io_details(interp.get_input_details(), SIGNATURE),
-            "output": {**_io_details(interp.get_output_details(), SIGNATURE)[out_name], "name": out_name},
+            "inputs": _io_details(runner.get_input_details()),
+            "output": {**_io_details(runner.get_output_details())[out_name], "name": out_name},
             "converter": {"tensorflow": tf.__version__, "keras": keras.__version__,
                           "supported_ops": ["TFLITE_BUILTINS"],
                           "optimizations": [] if mode == "none" else ["DEFAULT"],
@@ -563,17 +568,11 @@ def _convert_main(work: Path) -> None:
     (work / "result.json").write_text(json.dumps(out))
 
 
-def _io_details(details: list[dict[str, Any]], signature: str) -> dict[str, dict[str, Any]]:
-    """{signature name: {tensor, shape, dtype}}; tensor names are ``serving_default_<name>:0`` and their
-    order is not the declared order, so callers map by name."""
-    res = {}
-    for d in details:
-        name = d["name"].removeprefix(f"{signature}_").split(":")[0]
-        if name.startswith("StatefulPartitionedCall"):
-            name = "output_0"
-        res[name] = {"tensor": d["name"], "shape": [int(s) for s in d["shape_signature"]],
-                     "dtype": np.dtype(d["dtype"]).name}
-    return res
+def _io_details(details: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{signature name: {tensor, shape, dtype}} from a signature runner. The tensors' order is not the
+    declared order (and their names carry a ``serving_default_`` prefix), so callers map by name."""
+    return {name: {"tensor": d["name"], "shape": [int(s) for s in d["shape_signature"]],
+                   "dtype": np.dtype(d["dtype"]).name} for name, d in details.items()}
 
 
 def _parity(q_single: np.ndarray, q_batch: np.ndarray, q_ref: np.ndarray, cand: np.ndarray,

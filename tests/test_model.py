@@ -70,10 +70,11 @@ def test_cold_start_all_padding_batch(model):
 
 
 def test_non_dueling_and_numpy_int_sizes():
-    m = build_q_model(np.int64(N), np.int64(T), dueling=False, mlp_hidden=(16,), embed_dim=8, num_heads=2)
+    m = build_q_model(np.int64(N), np.int64(T), dueling=False, mlp_hidden=(16,), embed_dim=8, num_heads=2,
+                      item_scoring="dense")
     q = _q(m, _obs(np.random.default_rng(2)))
     assert q.shape == (8, N)
-    assert "q/kernel" in q_model_weights(m)
+    assert "q/kernel" in q_model_weights(m) and "value/kernel" not in q_model_weights(m)
 
 
 def test_gradients_are_finite_on_cold_start(model):
