@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(VENV)/bin/rllib-rec baselines --config configs/default.yaml
+	$(VENV)/bin/rllib-rec demo
 
 test: venv
 	$(PY) -m pytest
@@ -36,6 +36,8 @@ test-slow: venv
 
 bench: venv
 	$(PY) bench/env_throughput.py
+	$(PY) bench/inference.py
+	$(PY) bench/learning.py
 
 lint: venv
 	$(PY) -m ruff check .

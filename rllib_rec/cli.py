@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
 
+    p = sub.add_parser(
+        "demo",
+        help="the main job on embedded defaults: train configs/debug.yaml, export + check TFLite, recommend",
+        description="Train the debug config locally, export the final checkpoint to TFLite through the parity "
+        "gate, answer one recommendation with LiteRT, and print where the run, checkpoint, MLflow store and "
+        "model are. This is what `make demo` runs.",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a debug-config key, e.g. --set run.output_dir=/tmp/runs",
+    )
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+
     p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
     _add_config_args(p)
     return parser
@@ -173,6 +186,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CLIError(str(e)) from None
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from rllib_rec.demo import run_demo
+    from rllib_rec.export import ExportError
+
+    try:
+        lines = run_demo(args.overrides, args.tracking_uri)
+    except ExportError as e:
+        raise CLIError(str(e)) from None
+    print("\n".join(lines))
+
+
 def _cmd_show_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -189,6 +213,7 @@ COMMANDS = {
     "show-config": _cmd_show_config,
     "export": _cmd_export,
     "serve": _cmd_serve,
+    "demo": _cmd_demo,
 }
 
 
