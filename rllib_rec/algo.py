@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from envs import Catalog
 from envs.schema import to_dict
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.runtime import use_torch_keras_backend
@@ -28,6 +29,8 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
         "item_scoring": m.item_scoring,
         "history_features": m.history_features,
         "history_affinity": m.history_affinity,
+        # Shop metadata baked into the network as a constant table (the env's catalog is fixed by its seed).
+        "item_categories": Catalog(cfg.env.catalog).category.tolist() if m.item_categories else None,
     }
 
 

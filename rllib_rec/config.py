@@ -63,6 +63,7 @@ class ModelConfig:
     history_affinity: bool = _f(
         True, "add what happened to *similar* history items (target attention over tied embeddings)"
     )
+    item_categories: bool = _f(True, "give the model the catalog's item categories (shop metadata)")
 
 
 @dataclass

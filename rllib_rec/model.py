@@ -93,49 +93,99 @@ def _encoder_block(
 
 
 @keras.saving.register_keras_serializable(package="rllib_rec")
-class TiedItemScores(layers.Layer):
-    """Scores every item as ``<h, e_a> + b_a`` with ``e_a`` the *input* item embedding (pad row dropped).
+class ItemRepresentation(layers.Layer):
+    """Item vectors: a learned per-item embedding plus, when the catalog's categories are given, a learned
+    per-category embedding (shop metadata every recommender has; it lets what is learned about one item
+    transfer to its category at once instead of being rediscovered item by item from rewards).
 
-    Tying the output to the input embedding (as sequence recommenders like SASRec do) means that what the
-    encoder learns about an item from the history transfers directly to scoring it, and items of a kind
+    The category of each token is a constant, non-trainable table (stored as float32 so every backend and
+    TFLite handle it as a plain weight; cast to int32 for the lookup). Token 0 (padding) has its own row.
+    """
+
+    def __init__(self, n_items: int, embed_dim: int, item_categories: Sequence[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.n_items, self.embed_dim = int(n_items), int(embed_dim)
+        self.item_categories = None if item_categories is None else [int(c) for c in item_categories]
+        if self.item_categories is not None and len(self.item_categories) != self.n_items:
+            raise ValueError(f"item_categories has {len(self.item_categories)} entries, expected n_items={n_items}")
+        self.n_categories = 0 if self.item_categories is None else max(self.item_categories) + 1
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.n_items + 1, self.embed_dim),
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05), trainable=True,
+        )
+        if self.item_categories is not None:
+            table = np.asarray([self.n_categories, *self.item_categories], dtype="float32")  # pad -> own row
+            self.token_category = self.add_weight(
+                name="token_category", shape=(self.n_items + 1,),
+                initializer=keras.initializers.Constant(table), trainable=False,
+            )
+            self.category_embeddings = self.add_weight(
+                name="category_embeddings", shape=(self.n_categories + 1, self.embed_dim),
+                initializer=keras.initializers.RandomUniform(-0.05, 0.05), trainable=True,
+            )
+
+    def _vectors(self, tokens):
+        vec = ops.take(self.embeddings, tokens, axis=0)
+        if self.item_categories is not None:
+            cats = ops.cast(ops.take(self.token_category, tokens, axis=0), "int32")
+            vec = vec + ops.take(self.category_embeddings, cats, axis=0)
+        return vec
+
+    def call(self, tokens):
+        return self._vectors(tokens)  # [B, T, D]
+
+    def catalog(self):
+        """[A, D] vectors of every item (tokens 1..n_items), for scoring and affinity."""
+        return self._vectors(ops.arange(1, self.n_items + 1, dtype="int32"))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_items": self.n_items, "embed_dim": self.embed_dim,
+                "item_categories": self.item_categories}
+
+
+@keras.saving.register_keras_serializable(package="rllib_rec")
+class TiedItemScores(layers.Layer):
+    """Scores every item as ``<h, e_a> + b_a`` with ``e_a`` the *input* item representation.
+
+    Tying the output to the input representation (as sequence recommenders like SASRec do) means that what
+    the encoder learns about an item from the history transfers directly to scoring it, and items of a kind
     end up close together: a user who browsed one item of a category scores its neighbours up.
     """
 
-    def __init__(self, embedding: layers.Embedding, **kwargs):
+    def __init__(self, items: ItemRepresentation, **kwargs):
         super().__init__(**kwargs)
-        self.embedding = embedding
+        self.items = items
 
     def build(self, input_shape):
-        n_items = int(self.embedding.input_dim) - 1
-        self.bias = self.add_weight(name="bias", shape=(n_items,), initializer="zeros", trainable=True)
+        self.bias = self.add_weight(name="bias", shape=(self.items.n_items,), initializer="zeros", trainable=True)
 
     def call(self, h):
-        table = self.embedding.embeddings[1:]  # [A, D] (row 0 is padding)
-        return ops.matmul(h, ops.transpose(table)) + self.bias  # [B, A]
+        return ops.matmul(h, ops.transpose(self.items.catalog())) + self.bias  # [B, A]
 
 
 @keras.saving.register_keras_serializable(package="rllib_rec")
 class HistoryAffinity(layers.Layer):
     """For every item, what happened to *similar* items in the history (target attention, as in DIN).
 
-    ``affinity[b, a, t] = sigmoid(<e_a, e_items[b, t]>)`` with the tied input item embeddings, masked to
-    real history positions; the output is that affinity times the event features ([B, A, F]): e.g. "items
+    ``affinity[b, a, t] = sigmoid(s * <e_a, e_items[b, t]> + o)`` with the tied item representations, masked
+    to real history positions; the output is that affinity times the event features ([B, A, F]): e.g. "items
     like this one were browsed twice and ignored once lately". It generalises exact per-item counts to
     learned similarity (an item of the category the user browses scores up; a category just shown
     several times scores down, which is how fatigue becomes visible).
     """
 
-    def __init__(self, embedding: layers.Embedding, **kwargs):
+    def __init__(self, items: ItemRepresentation, **kwargs):
         super().__init__(**kwargs)
-        self.embedding = embedding
+        self.items = items
 
     def build(self, input_shape):
         self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
         self.offset = self.add_weight(name="offset", shape=(), initializer="zeros", trainable=True)
 
     def call(self, history_embedded, valid, event_feats):
-        table = self.embedding.embeddings[1:]  # [A, D]
-        sim = ops.matmul(history_embedded, ops.transpose(table))  # [B, T, A]
+        sim = ops.matmul(history_embedded, ops.transpose(self.items.catalog()))  # [B, T, A]
         affinity = ops.sigmoid(self.scale * sim + self.offset) * ops.expand_dims(valid, -1)  # [B, T, A]
         return ops.matmul(ops.transpose(affinity, (0, 2, 1)), event_feats)  # [B, A, F]
 
@@ -176,6 +226,7 @@ def build_q_model(
     item_scoring: str = "tied",
     history_features: bool = True,
     history_affinity: bool = True,
+    item_categories: Sequence[int] | None = None,
     name: str = "q_net",
 ) -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
@@ -201,7 +252,7 @@ def build_q_model(
     action_mask = keras.Input(shape=(n_items,), dtype="int32", name="action_mask")  # [B, A]
 
     # Embeddings: item tokens 0..n_items (0 = pad), event types 0..n_event_types-1, positions.
-    item_embedding = layers.Embedding(n_items + 1, embed_dim, name="item_embedding")
+    item_embedding = ItemRepresentation(n_items, embed_dim, item_categories, name="item_embedding")
     item_vectors = item_embedding(items)  # [B, T, D]
     x = item_vectors
     x = x + layers.Embedding(n_event_types, embed_dim, name="event_embedding")(events)  # [B, T, D]

@@ -53,6 +53,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "item_scoring": "tied",
     "history_features": True,
     "history_affinity": True,
+    "item_categories": None,
     "jit_trace": True,
 }
 _OBS_KEYS = ("items", "events", "action_mask")
@@ -141,6 +142,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             item_scoring=str(cfg["item_scoring"]),
             history_features=bool(cfg["history_features"]),
             history_affinity=bool(cfg["history_affinity"]),
+            item_categories=cfg["item_categories"],
         )
         self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
         self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0

@@ -168,7 +168,21 @@ def test_head_variants_shapes_masking_and_cold_start(item_scoring, history_featu
     assert ("history_item_score" in names) == (history_features or history_affinity)
     assert ("advantage_items" in names or "q_items" in names) == (item_scoring == "tied")
     # tied scoring shares the input table: exactly one item embedding variable
-    assert sum(v.path.startswith("item_embedding/") for v in m.weights) == 1
+    assert sum(v.path == "item_embedding/embeddings" for v in m.weights) == 1
+
+
+def test_item_categories_are_a_constant_table_shared_by_history_and_scoring():
+    cats = [i % 3 for i in range(N)]
+    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), item_categories=cats)
+    w = q_model_weights(m)
+    np.testing.assert_array_equal(w["item_embedding/token_category"], [3, *cats])  # pad token -> own row
+    assert w["item_embedding/category_embeddings"].shape == (4, 8)
+    trainable = {v.path for v in m.trainable_weights}
+    assert "item_embedding/token_category" not in trainable and "item_embedding/category_embeddings" in trainable
+    q = _q(m, _obs(np.random.default_rng(4)))
+    assert q.shape == (8, N) and np.isfinite(q).all()
+    with pytest.raises(ValueError, match="item_categories has 3 entries"):
+        build_q_model(N, T, item_categories=[0, 1, 2])
 
 
 def test_history_counts_reach_the_item_they_describe():
