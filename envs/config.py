@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from envs.schema import ConfigError, build
+from envs.schema import ConfigError, build, spec
 
 __all__ = [
     "CatalogConfig",
@@ -23,35 +23,29 @@ __all__ = [
 ]
 
 
-def _f(default: Any, doc: str, **bounds: Any) -> Any:
-    meta = {"doc": doc, **bounds}
-    if isinstance(default, list):  # dataclasses refuse shared mutable defaults
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class CatalogConfig:
-    n_items: int = _f(30, "number of products (actions)", min=2, max=10_000)
-    n_categories: int = _f(6, "product categories; users' interests are over categories", min=1, max=1_000)
-    popularity_exponent: float = _f(1.0, "Zipf exponent of item popularity (0 = uniform)", min=0.0, max=5.0)
-    clickbait_fraction: float = _f(0.25, "share of items that are clickbait (appealing, low quality)", min=0.0, max=1.0)
-    clickbait_appeal: float = _f(1.6, "click-appeal multiplier of clickbait items", min=0.0, max=10.0)
-    clickbait_quality: float = _f(0.05, "quality of clickbait items", min=0.0, max=1.0)
-    seed: int = _f(0, "seed of the (fixed) catalog and of the demographics->interest map", min=0)
+    n_items: int = spec(30, "number of products (actions)", min=2, max=10_000)
+    n_categories: int = spec(6, "product categories; users' interests are over categories", min=1, max=1_000)
+    popularity_exponent: float = spec(1.0, "Zipf exponent of item popularity (0 = uniform)", min=0.0, max=5.0)
+    clickbait_fraction: float = spec(0.25, "share of items that are clickbait (appealing, low quality)", min=0.0, max=1.0)
+    clickbait_appeal: float = spec(1.6, "click-appeal multiplier of clickbait items", min=0.0, max=10.0)
+    clickbait_quality: float = spec(0.05, "quality of clickbait items", min=0.0, max=1.0)
+    seed: int = spec(0, "seed of the (fixed) catalog and of the demographics->interest map", min=0)
 
 
 @dataclass
 class UserConfig:
-    n_locations: int = _f(5, "number of user locations (demographic)", min=1, max=100)
-    demographics: bool = _f(True, "demographics set a prior over category interests (off: uniform prior)")
-    interest_sharpness: float = _f(2.0, "scale of interest logits: higher = more focused users", min=0.0, max=20.0)
-    click_propensity: list[float] = _f(
+    n_locations: int = spec(5, "number of user locations (demographic)", min=1, max=100)
+    demographics: bool = spec(True, "demographics set a prior over category interests (off: uniform prior)")
+    interest_sharpness: float = spec(2.0, "scale of interest logits: higher = more focused users", min=0.0, max=20.0)
+    click_propensity: list[float] = spec(
         [0.35, 0.65], "[low, high] of initial click propensity", min=0.0, max=1.0
     )
-    purchase_propensity: list[float] = _f([0.3, 0.7], "[low, high] of initial purchase propensity", min=0.0, max=1.0)
-    patience: list[float] = _f([6.0, 12.0], "[low, high] of initial patience (session ends at 0)", min=0.0, max=1e6)
-    initial_history: list[int] = _f([3, 8], "[low, high] number of organic browse events before the first step", min=0)
+    purchase_propensity: list[float] = spec([0.3, 0.7], "[low, high] of initial purchase propensity", min=0.0, max=1.0)
+    patience: list[float] = spec([6.0, 12.0], "[low, high] of initial patience (session ends at 0)", min=0.0, max=1e6)
+    initial_history: list[int] = spec([3, 8], "[low, high] number of organic browse events before the first step", min=0)
 
     def validate(self) -> None:
         for name in ("click_propensity", "purchase_propensity", "patience", "initial_history"):
@@ -62,57 +56,57 @@ class UserConfig:
 
 @dataclass
 class ResponseConfig:
-    model: Literal["funnel", "notebook"] = _f(
+    model: Literal["funnel", "notebook"] = spec(
         "funnel", "'funnel': view->click->purchase shop; 'notebook': the seed notebook's click model"
     )
-    views: bool = _f(True, "noticed-but-not-clicked recommendations are 'view' events (off: shown-ignored)")
-    purchases: bool = _f(True, "clicks can convert into purchases")
-    fatigue: bool = _f(True, "repeated categories/items lose appeal")
-    interest_drift: bool = _f(True, "interest moves toward what the user engages with")
-    interest_shift: bool = _f(True, "occasionally the user's intent jumps to a new category")
-    churn: bool = _f(True, "patience falls on ignored/clickbait recommendations; session ends at 0")
-    engagement_growth: bool = _f(True, "clicks raise click propensity; quality raises purchase propensity")
-    organic_browsing: bool = _f(True, "the user sometimes browses on their own (visible in history)")
-    view_base: float = _f(0.1, "probability of noticing an item of no interest", min=0.0, max=1.0)
-    view_gain: float = _f(0.85, "extra notice probability for a fully matching item", min=0.0, max=1.0)
-    fatigue_rate: float = _f(0.35, "fatigue added to a category each time it is shown", min=0.0)
-    fatigue_decay: float = _f(0.8, "per-step multiplicative decay of fatigue", min=0.0, max=1.0)
-    repeat_window: int = _f(3, "an item shown again within this many steps is penalised", min=0)
-    repeat_penalty: float = _f(0.3, "appeal multiplier of a recently shown item", min=0.0, max=1.0)
-    drift_rate: float = _f(0.1, "interest moved toward a clicked category", min=0.0, max=1.0)
-    shift_prob: float = _f(0.03, "per-step probability of an interest shift", min=0.0, max=1.0)
-    shift_strength: float = _f(0.7, "weight of the new category after a shift", min=0.0, max=1.0)
-    organic_prob: float = _f(0.25, "per-step probability of an organic browse event", min=0.0, max=1.0)
-    ignore_cost: float = _f(1.0, "patience lost when a recommendation is ignored", min=0.0)
-    view_cost: float = _f(0.2, "patience lost when an item is viewed but not clicked", min=0.0)
-    quality_gain: float = _f(4.0, "patience change on click = quality_gain * (quality - 0.5)", min=0.0)
-    purchase_gain: float = _f(0.5, "patience gained on purchase", min=0.0)
-    click_growth: float = _f(0.05, "click propensity gained per click", min=0.0, max=1.0)
-    trust_growth: float = _f(0.5, "purchase propensity change per click = trust_growth * (quality - 0.5)", min=0.0)
-    notebook_match_click: list[float] = _f(
+    views: bool = spec(True, "noticed-but-not-clicked recommendations are 'view' events (off: shown-ignored)")
+    purchases: bool = spec(True, "clicks can convert into purchases")
+    fatigue: bool = spec(True, "repeated categories/items lose appeal")
+    interest_drift: bool = spec(True, "interest moves toward what the user engages with")
+    interest_shift: bool = spec(True, "occasionally the user's intent jumps to a new category")
+    churn: bool = spec(True, "patience falls on ignored/clickbait recommendations; session ends at 0")
+    engagement_growth: bool = spec(True, "clicks raise click propensity; quality raises purchase propensity")
+    organic_browsing: bool = spec(True, "the user sometimes browses on their own (visible in history)")
+    view_base: float = spec(0.1, "probability of noticing an item of no interest", min=0.0, max=1.0)
+    view_gain: float = spec(0.85, "extra notice probability for a fully matching item", min=0.0, max=1.0)
+    fatigue_rate: float = spec(0.35, "fatigue added to a category each time it is shown", min=0.0)
+    fatigue_decay: float = spec(0.8, "per-step multiplicative decay of fatigue", min=0.0, max=1.0)
+    repeat_window: int = spec(3, "an item shown again within this many steps is penalised", min=0)
+    repeat_penalty: float = spec(0.3, "appeal multiplier of a recently shown item", min=0.0, max=1.0)
+    drift_rate: float = spec(0.1, "interest moved toward a clicked category", min=0.0, max=1.0)
+    shift_prob: float = spec(0.03, "per-step probability of an interest shift", min=0.0, max=1.0)
+    shift_strength: float = spec(0.7, "weight of the new category after a shift", min=0.0, max=1.0)
+    organic_prob: float = spec(0.25, "per-step probability of an organic browse event", min=0.0, max=1.0)
+    ignore_cost: float = spec(1.0, "patience lost when a recommendation is ignored", min=0.0)
+    view_cost: float = spec(0.2, "patience lost when an item is viewed but not clicked", min=0.0)
+    quality_gain: float = spec(4.0, "patience change on click = quality_gain * (quality - 0.5)", min=0.0)
+    purchase_gain: float = spec(0.5, "patience gained on purchase", min=0.0)
+    click_growth: float = spec(0.05, "click propensity gained per click", min=0.0, max=1.0)
+    trust_growth: float = spec(0.5, "purchase propensity change per click = trust_growth * (quality - 0.5)", min=0.0)
+    notebook_match_click: list[float] = spec(
         [0.4, 0.5], "notebook model: click prob on the matching item = a + b * propensity", min=0.0, max=1.0
     )
-    notebook_other_click: float = _f(0.1, "notebook model: click prob on any other item", min=0.0, max=1.0)
-    notebook_organic_match: float = _f(
+    notebook_other_click: float = spec(0.1, "notebook model: click prob on any other item", min=0.0, max=1.0)
+    notebook_organic_match: float = spec(
         0.6, "notebook model: probability that an organic browse is the user's matching item", min=0.0, max=1.0
     )
 
 
 @dataclass
 class RewardConfig:
-    none: float = _f(0.0, "reward of an ignored recommendation")
-    view: float = _f(0.2, "reward of a view")
-    click: float = _f(1.0, "reward of a click")
-    purchase: float = _f(2.0, "reward of a purchase (the click is included)")
+    none: float = spec(0.0, "reward of an ignored recommendation")
+    view: float = spec(0.2, "reward of a view")
+    click: float = spec(1.0, "reward of a click")
+    purchase: float = spec(2.0, "reward of a purchase (the click is included)")
 
 
 @dataclass
 class EnvConfig:
-    preset: Literal["seed", "default", "large", "custom"] = _f("default", "preset the other fields start from")
-    history_length: int = _f(20, "events in the observation (left-padded)", min=1, max=512)
-    max_steps: int = _f(50, "episode length cap (truncation)", min=1, max=100_000)
-    n_candidates: int = _f(0, "candidates offered per step (0 = every item)", min=0)
-    n_featured: int = _f(10, "with n_candidates: most popular items offered at every step", min=1)
+    preset: Literal["seed", "default", "large", "custom"] = spec("default", "preset the other fields start from")
+    history_length: int = spec(20, "events in the observation (left-padded)", min=1, max=512)
+    max_steps: int = spec(50, "episode length cap (truncation)", min=1, max=100_000)
+    n_candidates: int = spec(0, "candidates offered per step (0 = every item)", min=0)
+    n_featured: int = spec(10, "with n_candidates: most popular items offered at every step", min=1)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     users: UserConfig = field(default_factory=UserConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)

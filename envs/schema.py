@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "build", "to_dict", "flatten", "describe"]
+__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "describe"]
 
 T = TypeVar("T")
 
@@ -32,6 +32,14 @@ class ConfigError(ValueError):
 
     def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.path, self.problem, source)
+
+
+def spec(default: Any, doc: str, **bounds: Any) -> Any:
+    """A dataclass field with its documentation and bounds (``min``/``max``/``gt``/``choices``) as metadata."""
+    meta = {"doc": doc, **bounds}
+    if isinstance(default, list):  # dataclasses refuse shared mutable defaults
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _type_name(tp: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from envs.config import EnvConfig, make_env_config
-from envs.schema import ConfigError, build, flatten, to_dict
+from envs.schema import ConfigError, build, flatten, spec, to_dict
 
 __all__ = [
     "ConfigError",
@@ -38,85 +38,79 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; refuse anything that is cle
 MAX_DEPTH = 8
 
 
-def _f(default: Any, doc: str, **bounds: Any) -> Any:
-    meta = {"doc": doc, **bounds}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
 
 @dataclass
 class ModelConfig:
     """The Keras Transformer Q-network (see ``rllib_rec/model.py``)."""
 
-    embed_dim: int = _f(32, "item/event embedding width", min=4, max=1024)
-    num_heads: int = _f(2, "attention heads", min=1, max=32)
-    num_layers: int = _f(1, "Transformer encoder blocks", min=1, max=12)
-    ff_dim: int = _f(64, "feed-forward width inside each block", min=4, max=4096)
-    dropout: float = _f(0.0, "dropout rate in the encoder", min=0.0, max=0.9)
-    mlp_hidden: list[int] = _f([64, 32], "hidden widths of the Q head", min=1, max=4096)
-    dueling: bool = _f(True, "dueling head: Q = V + A - mean(A)")
-    item_scoring: Literal["tied", "dense"] = _f(
+    embed_dim: int = spec(32, "item/event embedding width", min=4, max=1024)
+    num_heads: int = spec(2, "attention heads", min=1, max=32)
+    num_layers: int = spec(1, "Transformer encoder blocks", min=1, max=12)
+    ff_dim: int = spec(64, "feed-forward width inside each block", min=4, max=4096)
+    dropout: float = spec(0.0, "dropout rate in the encoder", min=0.0, max=0.9)
+    mlp_hidden: list[int] = spec([64, 32], "hidden widths of the Q head", min=1, max=4096)
+    dueling: bool = spec(True, "dueling head: Q = V + A - mean(A)")
+    item_scoring: Literal["tied", "dense"] = spec(
         "tied", "'tied': score items by dot product with the input item embeddings; 'dense': one output per item"
     )
-    history_features: bool = _f(True, "add per-item event counts from the history to each item's score")
-    history_affinity: bool = _f(
+    history_features: bool = spec(True, "add per-item event counts from the history to each item's score")
+    history_affinity: bool = spec(
         True, "add what happened to *similar* history items (target attention over tied embeddings)"
     )
-    item_categories: bool = _f(True, "give the model the catalog's item categories (shop metadata)")
+    item_categories: bool = spec(True, "give the model the catalog's item categories (shop metadata)")
 
 
 @dataclass
 class DQNSettings:
     """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/algo.py``)."""
 
-    lr: float = _f(5e-4, "Adam learning rate", gt=0.0, max=1.0)
-    gamma: float = _f(0.95, "discount factor", min=0.0, max=1.0)
-    n_step: int = _f(1, "n-step returns", min=1, max=20)
-    double_q: bool = _f(True, "double-Q targets")
-    dueling: bool = _f(True, "RLlib's dueling flag (the Keras head implements it; keep equal to model.dueling)")
-    target_update_freq: int = _f(500, "env steps between target-network syncs", min=1)
-    tau: float = _f(1.0, "target sync rate (1 = hard copy)", gt=0.0, max=1.0)
-    train_batch_size: int = _f(64, "replay minibatch size", min=1, max=65536)
-    replay_capacity: int = _f(50_000, "replay buffer capacity (env steps)", min=100)
-    prioritized_replay: bool = _f(True, "prioritised experience replay")
-    per_alpha: float = _f(0.6, "PER priority exponent", min=0.0, max=1.0)
-    per_beta: float = _f(0.4, "PER importance-sampling exponent", min=0.0, max=1.0)
-    ips_weights: bool = _f(True, "multiply the loss by clipped inverse-propensity weights 1/p")
-    ips_clip: float = _f(10.0, "upper clip of 1/p", min=1.0)
-    epsilon_start: float = _f(1.0, "initial exploration rate", min=0.0, max=1.0)
-    epsilon_end: float = _f(0.05, "final exploration rate", min=0.0, max=1.0)
-    epsilon_timesteps: int = _f(20_000, "env steps over which epsilon anneals linearly", min=1)
-    learning_starts: int = _f(1_000, "env steps sampled before the first update", min=0)
-    rollout_fragment_length: int = _f(8, "env steps per env per sampling round", min=1)
-    training_intensity: float | None = _f(
+    lr: float = spec(5e-4, "Adam learning rate", gt=0.0, max=1.0)
+    gamma: float = spec(0.95, "discount factor", min=0.0, max=1.0)
+    n_step: int = spec(1, "n-step returns", min=1, max=20)
+    double_q: bool = spec(True, "double-Q targets")
+    dueling: bool = spec(True, "RLlib's dueling flag (the Keras head implements it; keep equal to model.dueling)")
+    target_update_freq: int = spec(500, "env steps between target-network syncs", min=1)
+    tau: float = spec(1.0, "target sync rate (1 = hard copy)", gt=0.0, max=1.0)
+    train_batch_size: int = spec(64, "replay minibatch size", min=1, max=65536)
+    replay_capacity: int = spec(50_000, "replay buffer capacity (env steps)", min=100)
+    prioritized_replay: bool = spec(True, "prioritised experience replay")
+    per_alpha: float = spec(0.6, "PER priority exponent", min=0.0, max=1.0)
+    per_beta: float = spec(0.4, "PER importance-sampling exponent", min=0.0, max=1.0)
+    ips_weights: bool = spec(True, "multiply the loss by clipped inverse-propensity weights 1/p")
+    ips_clip: float = spec(10.0, "upper clip of 1/p", min=1.0)
+    epsilon_start: float = spec(1.0, "initial exploration rate", min=0.0, max=1.0)
+    epsilon_end: float = spec(0.05, "final exploration rate", min=0.0, max=1.0)
+    epsilon_timesteps: int = spec(20_000, "env steps over which epsilon anneals linearly", min=1)
+    learning_starts: int = spec(1_000, "env steps sampled before the first update", min=0)
+    rollout_fragment_length: int = spec(8, "env steps per env per sampling round", min=1)
+    training_intensity: float | None = spec(
         4.0, "replay ratio: env steps trained / env steps sampled (null = one update per sampling round)", gt=0.0
     )
-    grad_clip: float | None = _f(10.0, "gradient-norm clip (null = off)", gt=0.0)
-    huber_threshold: float = _f(1.0, "TD-error Huber threshold", gt=0.0)
+    grad_clip: float | None = spec(10.0, "gradient-norm clip (null = off)", gt=0.0)
+    huber_threshold: float = spec(1.0, "TD-error Huber threshold", gt=0.0)
 
 
 @dataclass
 class RunSettings:
     """Where and how long a run goes."""
 
-    iterations: int = _f(20, "training iterations (algo.train() calls)", min=1)
-    steps_per_iteration: int = _f(1_000, "minimum env steps sampled per iteration", min=1)
-    num_env_runners: int = _f(0, "remote EnvRunner actors (0 = sample in the driver/learner process)", min=0)
-    num_envs_per_env_runner: int = _f(8, "vectorised envs per EnvRunner", min=1, max=1024)
-    num_learners: int = _f(0, "remote Learner actors (0 = learn in the driver)", min=0)
-    torch_threads: int = _f(1, "torch intra-op threads (1 is fastest for this small net on 2 cores)", min=1)
-    checkpoint_every: int = _f(5, "checkpoint every N iterations (and always at the end)", min=1)
-    eval_episodes: int = _f(200, "greedy evaluation episodes at the end of a run", min=1)
-    eval_seed: int = _f(1_000_000, "first seed of the held-out evaluation episodes", min=0)
-    seed: int = _f(0, "seed of training", min=0)
-    output_dir: str = _f("runs", "where runs, checkpoints and the local MLflow store go")
-    experiment: str = _f("rllib-rec", "MLflow experiment name")
+    iterations: int = spec(20, "training iterations (algo.train() calls)", min=1)
+    steps_per_iteration: int = spec(1_000, "minimum env steps sampled per iteration", min=1)
+    num_env_runners: int = spec(0, "remote EnvRunner actors (0 = sample in the driver/learner process)", min=0)
+    num_envs_per_env_runner: int = spec(8, "vectorised envs per EnvRunner", min=1, max=1024)
+    num_learners: int = spec(0, "remote Learner actors (0 = learn in the driver)", min=0)
+    torch_threads: int = spec(1, "torch intra-op threads (1 is fastest for this small net on 2 cores)", min=1)
+    checkpoint_every: int = spec(5, "checkpoint every N iterations (and always at the end)", min=1)
+    eval_episodes: int = spec(200, "greedy evaluation episodes at the end of a run", min=1)
+    eval_seed: int = spec(1_000_000, "first seed of the held-out evaluation episodes", min=0)
+    seed: int = spec(0, "seed of training", min=0)
+    output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go")
+    experiment: str = spec("rllib-rec", "MLflow experiment name")
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = _f("experiment", "run name")
+    name: str = spec("experiment", "run name")
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dqn: DQNSettings = field(default_factory=DQNSettings)

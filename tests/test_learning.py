@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import pytest
@@ -19,7 +20,8 @@ def test_seed_preset_reaches_90_percent_of_oracle_within_100k_steps(tmp_path) ->
     res = train(str(ROOT / "configs" / "seed.yaml"), [f"run.output_dir={tmp_path}", "run.eval_episodes=20"],
                 log=lambda s: None)
     cfg = checkpoint_config(res.checkpoint)
-    assert cfg.run.iterations * cfg.run.steps_per_iteration <= 100_000
+    steps = json.loads((res.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["env_steps"]
+    assert steps <= 100_000
     seed = cfg.run.eval_seed
     agent = evaluate_module(load_module(res.checkpoint), cfg.env, 1000, seed).summary()["return_mean"]
     oracle = run_episodes(cfg.env, BASELINES["myopic_oracle"], 1000, seed=seed).summary()["return_mean"]
