@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
 
+    p = sub.add_parser(
+        "tune",
+        help="hyperparameter sweep with Ray Tune (ASHA), every trial in MLflow, best checkpoint -> best.json",
+        description="Run tune.Tuner on the DQN config of the sweep file's base experiment with sweep.search_space "
+        "sampled into it; print the trials sorted by sweep.metric and write <storage_path>/<name>/best.json "
+        "(consumed by `rllib-rec export --best`). --resume continues an interrupted sweep without rerunning "
+        "finished trials.",
+    )
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage_path>/<name>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+
     p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
     _add_config_args(p)
     return parser
@@ -197,6 +209,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from rllib_rec.sweep import run_sweep
+
+    res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
+                    log=lambda s: print(s, file=sys.stderr))
+    print(f"best.json: {res.best_json}")
+    print(f"best checkpoint: {res.best['checkpoint']}  ({res.best['metric']}={res.best['value']:.4g})")
+
+
 def _cmd_show_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -214,6 +235,7 @@ COMMANDS = {
     "export": _cmd_export,
     "serve": _cmd_serve,
     "demo": _cmd_demo,
+    "tune": _cmd_tune,
 }
 
 

@@ -14,6 +14,11 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path: pathlib.Path) -> None:
+    if path.name.startswith("sweep"):
+        from rllib_rec.sweep import load_sweep_config
+
+        assert isinstance(load_sweep_config(path).experiment, ExperimentConfig)
+        return
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
 

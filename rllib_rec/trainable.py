@@ -1,0 +1,31 @@
+"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug.
+
+Tune turns the DQNConfig into a dict and RLlib's ``update_from_dict`` resolves the replay buffer's dotted
+path (``replay_buffer_config.type``) into a class; ``Algorithm._create_local_replay_buffer_if_necessary``
+then does ``"EpisodeReplayBuffer" in type`` and fails with ``TypeError: argument of type 'ABCMeta' is not
+iterable``. Turning the class back into its dotted path before set-up is the whole difference from DQN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rllib_rec.runtime import use_torch_keras_backend
+
+use_torch_keras_backend()
+
+from ray.rllib.algorithms.dqn import DQN  # noqa: E402
+
+__all__ = ["TunedDQN"]
+
+
+class TunedDQN(DQN):
+    """DQN whose replay buffer type survives Tune's config-dict round trip (see module docstring)."""
+
+    def setup(self, config: Any) -> None:
+        for c in (config, self.config):  # Algorithm.setup reads self.config, not its argument
+            rb = c.replay_buffer_config
+            if isinstance(rb, dict) and isinstance(rb.get("type"), type):
+                cls = rb["type"]
+                rb["type"] = f"{cls.__module__}.{cls.__qualname__}"
+        super().setup(config)

@@ -1,0 +1,208 @@
+"""`rllib-rec tune`: sweep-config validation (fast) and real Ray Tune sweeps (slow: ~1-3 min each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from envs.schema import ConfigError
+from rllib_rec.sweep import SWEEPABLE, load_sweep_config, max_overlap
+
+ROOT = Path(__file__).parent.parent
+SWEEP = ROOT / "configs" / "sweep.yaml"
+TINY = ["run.iterations=2", "run.steps_per_iteration=200", "dqn.learning_starts=100", "run.checkpoint_every=1"]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "debug.yaml").write_text((ROOT / "configs" / "debug.yaml").read_text())
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_sweep_yaml_loads() -> None:
+    s = load_sweep_config(SWEEP)
+    assert s.experiment.name == "debug" and s.sweep.scheduler == "asha"
+    assert set(s.sweep.search_space) <= set(SWEEPABLE)
+    assert s.sweep.search_space["dqn.lr"].loguniform == [1e-4, 3e-3]  # YAML strings coerced to floats
+    assert s.sweep_dir.is_absolute()
+
+
+@pytest.mark.parametrize(("space", "key", "problem"), [
+    ("dqn.lr: {normal: [0, 1]}", "sweep.search_space.dqn.lr.normal", "unknown key"),
+    ("dqn.lr: {uniform: [0.01, 0.001]}", "sweep.search_space.dqn.lr.uniform", "lo must be < hi"),
+    ("dqn.lr: {loguniform: [0, 0.1]}", "sweep.search_space.dqn.lr.loguniform", "lo must be > 0"),
+    ("dqn.lr: {uniform: [0.1]}", "sweep.search_space.dqn.lr.uniform", "must be [lo, hi]"),
+    ("dqn.lr: {grid: []}", "sweep.search_space.dqn.lr.grid", "at least one value"),
+    ("dqn.lr: {grid: [0.1], choice: [0.2]}", "sweep.search_space.dqn.lr.choice", "exactly one"),
+    ("dqn.lr: {}", "sweep.search_space.dqn.lr", "give one of"),
+    ("dqn.learning_rate: {grid: [0.1]}", "sweep.search_space.dqn.learning_rate", "unknown experiment key"),
+    ("env.preset: {choice: [seed]}", "sweep.search_space.env.preset", "not sweepable"),
+    ("dqn.gamma: {grid: [0.9, 1.5]}", "sweep.search_space.dqn.gamma", "value 1.5 is invalid"),
+    ("model.embed_dim: {uniform: [2, 64]}", "sweep.search_space.model.embed_dim", "is invalid"),
+])
+def test_bad_search_space_is_one_line_error(tmp_path: Path, space: str, key: str, problem: str) -> None:
+    p = _write(tmp_path, f"base: debug.yaml\nsweep:\n  search_space:\n    {space}\n")
+    with pytest.raises(ConfigError) as e:
+        load_sweep_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg and key in msg and problem in msg, msg
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("base: debug.yaml\n", "sweep"),
+    ("base: debug.yaml\nsweep: {scheduler: hyperband}\n", "sweep.scheduler"),
+    ("base: debug.yaml\nsweep: {max_concurrent_trials: 0}\n", "sweep.max_concurrent_trials"),
+    ("base: debug.yaml\nsweep: {mode: biggest}\n", "sweep.mode"),
+    ("base: debug.yaml\nsweep: {max_t: 99}\n", "sweep.max_t"),
+    ("base: debug.yaml\ndqn: {prioritized_replay: false}\nsweep:\n  search_space: {dqn.per_alpha: {grid: [0.5]}}\n",
+     "sweep.search_space.dqn.per_alpha"),
+    ("base: debug.yaml\ndqn: {lr: -1}\nsweep: {}\n", "dqn.lr"),
+    ("base: nothere.yaml\nsweep: {}\n", "nothere.yaml"),
+])
+def test_bad_sweep_settings(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_sweep_config(_write(tmp_path, text))
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_overrides_reach_sweep_and_experiment() -> None:
+    s = load_sweep_config(SWEEP, ["sweep.num_samples=3", "run.iterations=2", "sweep.storage_path=/tmp/x"])
+    assert s.sweep.num_samples == 3 and s.experiment.run.iterations == 2 and str(s.sweep_dir) == "/tmp/x/debug-sweep"
+
+
+def test_max_overlap() -> None:
+    assert max_overlap([(0, 2), (1, 3), (2.5, 4), (5, 6)]) == 2
+    assert max_overlap([(0, 1), (1, 2)]) == 1  # touching intervals do not overlap
+    assert max_overlap([]) == 0
+
+
+def test_cli_refuses_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rllib_rec.cli import main
+
+    p = _write(tmp_path, "base: debug.yaml\nsweep:\n  search_space:\n    dqn.lr: {gaussian: [1, 2]}\n")
+    assert main(["tune", "--config", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "dqn.lr.gaussian" in err
+
+
+# --------------------------------------------------------------------------------------------- real sweeps
+def _cmd(tmp: Path, *extra: str) -> list[str]:
+    sets = [*TINY, f"sweep.storage_path={tmp / 'sweeps'}", f"run.output_dir={tmp}", *extra]
+    return [sys.executable, "-m", "rllib_rec", "tune", "--config", str(SWEEP), *[a for s in sets for a in ("--set", s)]]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": "torch", "RAY_AIR_NEW_OUTPUT": "1"}
+
+
+def _trial_rows(sweep_dir: Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in sorted(sweep_dir.glob("trial_*/result.json")):
+        out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None:
+    t0 = time.time()
+    proc = subprocess.run(_cmd(tmp_path), env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path / "sweeps" / "debug-sweep"
+    best = json.loads((sweep_dir / "best.json").read_text())
+
+    # The table is sorted by the metric (best first).
+    table = (sweep_dir / "trials.txt").read_text().splitlines()[2:]
+    values = [float(line.split()[4]) for line in table]
+    assert len(values) == 4 and values == sorted(values, reverse=True)
+
+    # best.json names the trial with the best final metric, as Tune's own ResultGrid says.
+    from ray import tune
+
+    from rllib_rec.trainable import TunedDQN
+
+    grid = tune.Tuner.restore(str(sweep_dir), trainable=TunedDQN).get_results()
+    assert len(grid) == 4 and grid.num_errors == 0
+    top = grid.get_best_result(metric="env_runners/episode_return_mean", mode="max", scope="last")
+    assert best["trial"] == top.metrics["trial_id"]
+    assert best["value"] == pytest.approx(top.metrics["env_runners"]["episode_return_mean"])
+    assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.ips_clip"}
+    assert best["config"]["model.embed_dim"] == top.config["_model_config"]["embed_dim"]
+
+    # Concurrency: two trials' [start, end] intervals overlap (Tune ran 2 at once on 2 CPUs).
+    rows = _trial_rows(sweep_dir)
+    intervals = [(r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in rows.values()]
+    assert max_overlap(intervals) == 2
+    assert "max trials running at once (from trial timestamps): 2" in proc.stderr
+
+    # The best checkpoint is a complete project checkpoint carrying the trial's sampled config.
+    from rllib_rec.checkpoints import checkpoint_config, resolve_checkpoint
+
+    ck = resolve_checkpoint(best["checkpoint"])
+    assert checkpoint_config(ck).model.embed_dim == best["config"]["model.embed_dim"]
+    assert checkpoint_config(ck).dqn.lr == pytest.approx(best["config"]["dqn.lr"])
+
+    # Every trial and the best-of-sweep run are in MLflow, under the run's experiment.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("rllib-rec")
+    runs = client.search_runs([exp.experiment_id])
+    names = [r.info.run_name for r in runs]
+    assert "debug-sweep-best" in names and len(runs) == 5, names
+    print(f"sweep wall time {time.time() - t0:.0f}s; intervals {intervals}")
+
+    # `rllib-rec export --best best.json` consumes it.
+    exp_proc = subprocess.run([sys.executable, "-m", "rllib_rec", "export", "--best", str(sweep_dir / "best.json"),
+                               "--no-mlflow", "--out", str(tmp_path / "export")], env=_env(), capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+    assert exp_proc.returncode == 0, exp_proc.stderr[-3000:]
+    assert list((tmp_path / "export").glob("*.tflite"))
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweeps" / "debug-sweep"
+    proc = subprocess.Popen(_cmd(tmp_path, "sweep.scheduler=fifo"), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:  # interrupt (Ctrl-C) once two trials have finished
+            done = [t for t, r in _trial_rows(sweep_dir).items() if r and r[-1]["training_iteration"] == 2]
+            if len(done) >= 2:
+                break
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.5)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err
+    assert not (sweep_dir / "best.json").exists()
+    before = _trial_rows(sweep_dir)
+    finished = {t: r for t, r in before.items() if r and r[-1]["training_iteration"] == 2}
+    assert 2 <= len(finished) < 4, {t: len(r) for t, r in before.items()}
+    mtimes = {t: (sweep_dir / t / "result.json").stat().st_mtime for t in finished}
+
+    res = subprocess.run([*_cmd(tmp_path, "sweep.scheduler=fifo"), "--resume"], env=_env(), capture_output=True,
+                         text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = _trial_rows(sweep_dir)
+    assert len(after) == 4
+    for t, r in after.items():  # every trial complete, no iteration reported twice
+        its = [row["training_iteration"] for row in r]
+        assert its[-1] == 2 and len(its) == len(set(its)), (t, its)
+    for t, r in finished.items():  # finished trials were not rerun: results untouched
+        assert after[t] == r
+        assert (sweep_dir / t / "result.json").stat().st_mtime == mtimes[t]
+    assert json.loads((sweep_dir / "best.json").read_text())["trial"] in {r[0]["trial_id"] for r in after.values()}
