@@ -130,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage_path>/<name>")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
 
+    p = sub.add_parser(
+        "submit",
+        help="run an rllib-rec command as a Ray job on a running cluster (wraps `ray job submit`)",
+        description="Submit `rllib-rec ARGS...` as a Ray job: ships the source tree (no .git, venvs, runs), "
+        "sets KERAS_BACKEND once via the runtime_env, runs the project's interpreter, and uses Ray 2.60 "
+        "token auth (RAY_AUTH_MODE=token unless set). Prints the equivalent `ray job submit` command. "
+        "Example: rllib-rec submit --address http://127.0.0.1:8265 -- train --config configs/debug.yaml",
+    )
+    p.add_argument("--address", required=True, help="job server, e.g. http://127.0.0.1:8265")
+    p.add_argument("--python", help="interpreter on the cluster (default: this one)")
+    p.add_argument("--working-dir", default=".", help="source tree to ship (default: .)")
+    p.add_argument("--no-wait", action="store_true", help="return after submission instead of streaming logs")
+    p.add_argument("--dry-run", action="store_true", help="only print the `ray job submit` command")
+    p.add_argument("--submission-id", help="job id to use (default: Ray chooses)")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="the rllib-rec command to run")
+
     p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
     _add_config_args(p)
     return parser
@@ -218,6 +234,19 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     print(f"best checkpoint: {res.best['checkpoint']}  ({res.best['metric']}={res.best['value']:.4g})")
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from rllib_rec.submit import submit
+
+    job_args = [a for a in args.job_args]
+    if job_args[:1] == ["--"]:
+        job_args = job_args[1:]
+    try:
+        return submit(args.address, job_args, args.python, args.working_dir, args.no_wait, args.dry_run,
+                      args.submission_id)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def _cmd_show_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -236,6 +265,7 @@ COMMANDS = {
     "serve": _cmd_serve,
     "demo": _cmd_demo,
     "tune": _cmd_tune,
+    "submit": _cmd_submit,
 }
 
 
@@ -249,14 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rllib_rec.tracking import TrackingError
 
     try:
-        COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
     except (ConfigError, CLIError, CheckpointError, TrackingError) as e:
         print(f"rllib-rec {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rllib-rec {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
