@@ -178,13 +178,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are kept as values)."""
+def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are kept as values; ``sep="/"`` gives Tune's keys)."""
     out: dict[str, Any] = {}
     for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
         if isinstance(v, Mapping):
-            out.update(flatten(v, key))
+            out.update(flatten(v, key, sep))
         else:
             out[key] = v
     return out

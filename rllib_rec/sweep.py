@@ -246,16 +246,9 @@ def _progress_callback(metric: str, log: Callable[[str], None]) -> Any:
     return _Progress()
 
 
-def flatten_result(result: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """Tune's '/'-joined view of a nested result dict."""
-    out: dict[str, Any] = {}
-    for k, v in result.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten_result(v, key))
-        else:
-            out[key] = v
-    return out
+    return flatten(result, sep="/")
 
 
 def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
