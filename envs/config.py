@@ -5,12 +5,11 @@ Every mechanism of the shop can be switched off here, which is how the tests pro
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from envs.schema import ConfigError, build, spec
+from envs.schema import ConfigError, build, merge_dicts, spec
 
 __all__ = [
     "CatalogConfig",
@@ -160,16 +159,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def make_env_config(data: EnvConfig | Mapping[str, Any] | str | None = None, path: str = "") -> EnvConfig:
     """Resolve a preset name, a (partial) mapping with an optional ``preset`` key, or an EnvConfig."""
     if isinstance(data, EnvConfig):
@@ -184,4 +173,4 @@ def make_env_config(data: EnvConfig | Mapping[str, Any] | str | None = None, pat
     if preset not in PRESETS:
         key = f"{path}.preset" if path else "preset"
         raise ConfigError(key, f"must be one of {list(PRESETS)}, got {preset!r}")
-    return build(EnvConfig, _deep_merge(PRESETS[preset], dict(data)), path)
+    return build(EnvConfig, merge_dicts(PRESETS[preset], data), path)

@@ -8,13 +8,14 @@ by the simulator and the service, so it depends on nothing but the standard libr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "describe"]
+__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "merge_dicts", "describe"]
 
 T = TypeVar("T")
 
@@ -187,6 +188,17 @@ def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
             out.update(flatten(v, key, sep))
         else:
             out[key] = v
+    return out
+
+
+def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces; inputs are not modified."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
     return out
 
 

@@ -7,7 +7,6 @@ one line naming the file, the key path and the problem (:class:`envs.schema.Conf
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from envs.config import EnvConfig, make_env_config
-from envs.schema import ConfigError, build, flatten, spec, to_dict
+from envs.schema import ConfigError, build, flatten, merge_dicts, spec, to_dict
 
 __all__ = [
     "ConfigError",
@@ -205,16 +204,6 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(key, "conflicting overrides", "--set")
         node[parts[-1]] = value
-    return out
-
-
-def merge_dicts(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = merge_dicts(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
     return out
 
 
