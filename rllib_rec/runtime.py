@@ -41,14 +41,20 @@ def set_torch_threads(n: int) -> None:
 
 
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Start or join Ray. Inside ``ray job submit`` (RAY_ADDRESS set) join the cluster without
-    resources or runtime_env; locally start a private instance bound to loopback."""
+    """Start or join Ray. Inside ``ray job submit`` join the cluster as the job's driver; with
+    ``RAY_ADDRESS`` set join that cluster, shipping ``KERAS_ENV`` to its workers; otherwise start a
+    private instance bound to loopback."""
     import ray
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+    # Inside `ray job submit` the job supervisor hands the driver its runtime_env (which carries KERAS_ENV)
+    # through this variable; Ray refuses a second runtime_env that sets the same variable.
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         ray.init(**kwargs)
+        return
+    if os.environ.get("RAY_ADDRESS"):  # a driver joining a running cluster (e.g. on the head node)
+        ray.init(runtime_env={"env_vars": dict(KERAS_ENV)}, **kwargs)
         return
     ray.init(
         num_cpus=num_cpus,

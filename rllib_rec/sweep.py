@@ -347,6 +347,8 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
             "iterations": int(m.get("training_iteration", 0) or 0),
             "value": value,
             "params": sampled_values(scfg, r.config) if r.config else {},
+            "node": str((m.get(PLACEMENT_KEY) or {}).get("trial_node", "")),
+            "env_runner_nodes": list((m.get(PLACEMENT_KEY) or {}).get("env_runner_nodes", [])),
             "result": r,
         })
     sign = -1.0 if mode == "max" else 1.0
@@ -354,11 +356,32 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
     return rows, max_overlap(intervals)
 
 
+PLACEMENT_KEY = "placement"  # TunedDQN's result entry: {"trial_node": id, "env_runner_nodes": [ids]}
+NODE_ID_CHARS = 8  # node ids are 56 hex chars; a prefix tells a handful of nodes apart in a table
+
+
+def placement_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``"<node>: <n> trial(s), <m> with env runners there; ..."`` — where a sweep ran, from trial results."""
+    trials: dict[str, int] = {}
+    runners: dict[str, int] = {}
+    for row in rows:
+        if row.get("node"):
+            trials[row["node"]] = trials.get(row["node"], 0) + 1
+        for node in row.get("env_runner_nodes", []):
+            runners[node] = runners.get(node, 0) + 1
+    parts = []
+    for node in sorted(set(trials) | set(runners)):
+        extra = f", {runners[node]} with env runners there" if node in runners else ""
+        parts.append(f"{node[:NODE_ID_CHARS]}: {trials.get(node, 0)} trial(s){extra}")
+    return "; ".join(parts) or "unknown"
+
+
 def _table(rows: list[dict[str, Any]], metric: str) -> str:
     keys = sorted({k for row in rows for k in row["params"]})
-    header = ["#", "trial", "status", "iter", metric, *keys]
+    header = ["#", "trial", "status", "iter", metric, *keys, "node"]
     body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), _fmt(row["value"]),
-             *[_fmt(row["params"].get(k, "")) for k in keys]] for i, row in enumerate(rows)]
+             *[_fmt(row["params"].get(k, "")) for k in keys], row.get("node", "")[:NODE_ID_CHARS] or "-"]
+            for i, row in enumerate(rows)]
     widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
     fmt = "  ".join(f"{{:{'<' if c in (1, 2) else '>'}{w}}}" for c, w in enumerate(widths))
     return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*b) for b in body]])
@@ -474,6 +497,7 @@ def run_sweep(
     table = _table(rows, sw.metric)
     log(table)
     log(f"max trials running at once (from trial timestamps): {concurrency}")
+    log(f"trials per Ray node: {placement_summary(rows)}")
     ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
     if not ok:
         raise CheckpointError(f"{sweep_dir}: no trial reported {sw.metric}")

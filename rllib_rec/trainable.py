@@ -1,4 +1,6 @@
-"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug.
+"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug, and placement
+reporting (which Ray node ran the trial and its env runners — the only way to see a sweep spread over a
+cluster, since simulated or NAT'd nodes can share an IP).
 
 Tune turns the DQNConfig into a dict and RLlib's ``update_from_dict`` resolves the replay buffer's dotted
 path (``replay_buffer_config.type``) into a class; ``Algorithm._create_local_replay_buffer_if_necessary``
@@ -16,6 +18,8 @@ use_torch_keras_backend()
 
 from ray.rllib.algorithms.dqn import DQN  # noqa: E402
 
+from rllib_rec.sweep import PLACEMENT_KEY  # noqa: E402
+
 __all__ = ["TunedDQN"]
 
 
@@ -29,3 +33,20 @@ class TunedDQN(DQN):
                 cls = rb["type"]
                 rb["type"] = f"{cls.__module__}.{cls.__qualname__}"
         super().setup(config)
+
+    def step(self) -> dict:
+        result = super().step()
+        result[PLACEMENT_KEY] = {"trial_node": _node_id(), "env_runner_nodes": self._env_runner_nodes()}
+        return result
+
+    def _env_runner_nodes(self) -> list[str]:
+        group = getattr(self, "env_runner_group", None)
+        if group is None or group.num_remote_env_runners() == 0:
+            return []
+        return sorted(set(group.foreach_env_runner(lambda _runner: _node_id(), local_env_runner=False)))
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

@@ -58,10 +58,16 @@ def ray_head():
     # A short private temp dir: Ray's socket paths must stay under the 107-byte AF_UNIX limit.
     temp_dir = tempfile.mkdtemp(prefix="rr", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
+    # Ray's fixed default ports (job agent 52365, client server 10001, ...) collide with any other Ray
+    # instance on the machine (a local `ray.init()` holds 52365): the job agent then fails to bind and every
+    # submission gets "No available agent". Free ports for all of them make this head independent.
+    ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "ray-client-server-port", "metrics-export-port",
+                                                      "runtime-env-agent-port")]
     env = {**os.environ, "RAY_ADDRESS": ""}
     out = subprocess.run(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+         f"--dashboard-port={dash}", *ports, "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
         capture_output=True, text=True, timeout=180, env=env,
     )
