@@ -1,0 +1,462 @@
+"""Off-policy evaluation: estimate a target policy's value from logs of another (behaviour) policy.
+
+Inputs per logged row ``i`` (``n`` rows, ``A`` actions): the logged action ``a_i``, its reward ``r_i``,
+the behaviour probability ``p_i = mu(a_i | x_i)`` and the target policy's distribution ``pi[i, :]``
+(``pi[i, a]`` for every action; a deterministic target is one-hot, and ``pi[i, a_i] = 0`` is fine).
+With importance weights ``w_i = pi[i, a_i] / p_i`` and a reward model ``q[i, a] ~ E[r | x_i, a]``:
+
+=======  ======================================================  =====================================
+IPS      mean(w_i r_i)                                           unbiased (exact p), high variance
+SNIPS    sum(w_i r_i) / sum(w_i)                                 self-normalised: small bias, lower var
+DM       mean(sum_a pi[i, a] q[i, a])                            no weights: biased if q is wrong
+DR       DM + mean(w_i (r_i - q[i, a_i]))                        unbiased if p is exact or q is right
+=======  ======================================================  =====================================
+
+95% intervals are percentile bootstraps over rows (seeded), with the reward model *refitted* on every
+bootstrap sample, so the DM/DR intervals include the reward model's own estimation noise. The effective
+sample size of the weights is ``(sum w)^2 / sum w^2`` (n when the target equals the behaviour policy).
+
+These are per-step (bandit) estimates: of the target's expected reward per decision, on the logged
+context distribution. For single-step episodes that is the policy's value. For sequential logs the
+per-step estimates describe the target's first decision on the *behaviour* policy's states, not the
+episode return of running the target, and a reward model of immediate reward (myopic) cannot fix that.
+:func:`per_decision_ips` and :func:`trajectory_ips` estimate the episode return itself: unbiased with
+exact behaviour probabilities, but their variance grows with the product of weights over the episode
+(``bench/ope.py`` measures both).
+
+Reward models follow the :class:`RewardModel` protocol. :class:`TabularRewardModel` is the default: mean
+reward per (action, key) cell with shrinkage, where the key is a small discrete feature of the context:
+:func:`position_key` (Open Bandit Dataset: item x position) or :func:`history_key` (simulated logs: how
+often and how recently the item appears in the user's history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from envs import ECommerceEnv
+    from rllib_rec.logs import LogArrays
+
+__all__ = [
+    "ESTIMATORS",
+    "Context",
+    "RewardModel",
+    "TabularRewardModel",
+    "position_key",
+    "history_key",
+    "N_HISTORY_KEYS",
+    "Estimate",
+    "importance_weights",
+    "effective_sample_size",
+    "ips",
+    "snips",
+    "dm",
+    "dr",
+    "estimate",
+    "per_decision_ips",
+    "trajectory_ips",
+    "estimate_sequential",
+    "mean_with_ci",
+    "target_distribution",
+    "evaluate_logs",
+    "estimates_table",
+]
+
+ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
+
+# Per-row context for a reward model: named arrays whose first dimension is the row.
+Context = Mapping[str, np.ndarray]
+
+
+class RewardModel(Protocol):
+    """Expected reward of every action in every logged context."""
+
+    def fit(
+        self, context: Context, actions: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None
+    ) -> RewardModel:
+        """Fit on logged rows; ``weights`` [n] are row multiplicities (the bootstrap passes them)."""
+        ...
+
+    def predict(self, context: Context) -> np.ndarray:
+        """[n, A] expected reward of each action in each row's context."""
+        ...
+
+
+KeyFn = Callable[[Context], np.ndarray]  # context -> [n, A] int keys in [0, n_keys)
+
+
+def position_key(context: Context, n_actions: int) -> np.ndarray:
+    """The row's slate position, the same for every action: [n, A]."""
+    pos = np.asarray(context["position"], dtype=np.int64)
+    return np.broadcast_to(pos[:, None], (len(pos), n_actions))
+
+
+N_HISTORY_KEYS = 4 * 6 * 2
+
+
+def history_key(context: Context, n_actions: int) -> np.ndarray:
+    """[n, A] key of each item in each row's history: (occurrences clipped to 3) x (most recent event code
+    of the item, 0 if absent) x (whether it is the row's most frequent history item): 48 values.
+
+    Reads ``items`` [n, H] (item index + 1, 0 = pad) and ``events`` [n, H], as in the observation.
+    """
+    items = np.asarray(context["items"], dtype=np.int64)
+    events = np.asarray(context["events"], dtype=np.int64)
+    n, h = items.shape
+    rows = np.arange(n)
+    count = np.zeros((n, n_actions + 1), dtype=np.int64)  # column 0 collects padding
+    last = np.zeros((n, n_actions + 1), dtype=np.int64)
+    for j in range(h):  # oldest to newest: the last write per item is its most recent event
+        count[rows, items[:, j]] += 1
+        last[rows, items[:, j]] = events[:, j]
+    count, last = count[:, 1:], last[:, 1:]
+    top = (count == count.max(axis=1, keepdims=True)) & (count > 0)
+    return (np.minimum(count, 3) * 6 + last) * 2 + top
+
+
+def _shrunk_mean(total: np.ndarray, count: np.ndarray, s: float, parent: np.ndarray) -> np.ndarray:
+    """``(total + s * parent) / (count + s)``; an empty cell (possible with s = 0) takes its parent."""
+    den = count + s
+    return np.divide(total + s * parent, den, out=np.array(parent, dtype=np.float64), where=den > 0)
+
+
+class TabularRewardModel:
+    """Mean reward per (action, key) cell, shrunk toward the action's mean, itself shrunk toward the global
+    mean: ``q = (sum_cell + s * parent) / (n_cell + s)``. Unseen cells fall back to their parent.
+
+    ``key_fn(context, n_actions) -> [n, A]`` ints in ``[0, n_keys)``; None = one key (per-action means).
+    """
+
+    def __init__(
+        self,
+        n_actions: int,
+        key_fn: Callable[[Context, int], np.ndarray] | None = None,
+        n_keys: int = 1,
+        shrinkage: float = 2.0,
+    ) -> None:
+        self.n_actions, self.key_fn, self.n_keys, self.shrinkage = int(n_actions), key_fn, int(n_keys), shrinkage
+        self.table: np.ndarray | None = None  # [A, n_keys]
+        self._key_cache: tuple[Context, np.ndarray] | None = None
+
+    def _keys(self, context: Context) -> np.ndarray:
+        if self.key_fn is None:
+            n = len(next(iter(context.values()))) if context else 0
+            return np.zeros((n, self.n_actions), dtype=np.int64)
+        # The bootstrap fits and predicts on the same context many times: compute its keys once. The cache
+        # holds the context object itself, so an identity match can never be a recycled id.
+        cache = self._key_cache
+        if cache is not None and cache[0] is context:
+            return cache[1]
+        keys = np.asarray(self.key_fn(context, self.n_actions), dtype=np.int64)
+        if keys.min(initial=0) < 0 or keys.max(initial=0) >= self.n_keys:
+            raise ValueError(f"reward-model keys must be in [0, {self.n_keys})")
+        self._key_cache = (context, keys)
+        return keys
+
+    def fit(
+        self, context: Context, actions: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None
+    ) -> TabularRewardModel:
+        actions = np.asarray(actions, dtype=np.int64)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        wts = np.ones(len(actions)) if weights is None else np.asarray(weights, dtype=np.float64)
+        keys = self._keys(context)[np.arange(len(actions)), actions]  # [n]
+        a_n, s = self.n_actions, self.shrinkage
+        g = float(np.sum(wts * rewards) / max(np.sum(wts), 1e-12))
+        act_sum = np.bincount(actions, wts * rewards, minlength=a_n)
+        act_cnt = np.bincount(actions, wts, minlength=a_n)
+        act_mean = _shrunk_mean(act_sum, act_cnt, s, np.full(a_n, g))  # [A]
+        cells = actions * self.n_keys + keys
+        cell_sum = np.bincount(cells, wts * rewards, minlength=a_n * self.n_keys).reshape(a_n, self.n_keys)
+        cell_cnt = np.bincount(cells, wts, minlength=a_n * self.n_keys).reshape(a_n, self.n_keys)
+        self.table = _shrunk_mean(cell_sum, cell_cnt, s, np.broadcast_to(act_mean[:, None], cell_cnt.shape))
+        return self
+
+    def predict(self, context: Context) -> np.ndarray:
+        if self.table is None:
+            raise RuntimeError("fit() the reward model first")
+        keys = self._keys(context)  # [n, A]
+        return self.table[np.arange(self.n_actions)[None, :], keys]  # [n, A]
+
+
+@dataclass
+class Estimate:
+    """One estimator's point estimate, percentile-bootstrap interval and effective sample size."""
+
+    name: str
+    value: float
+    ci_low: float
+    ci_high: float
+    ess: float | None = None  # of the importance weights; None for DM (no weights)
+    n: int = 0  # rows (episodes for the sequential estimators)
+
+    def covers(self, truth: float) -> bool:
+        return self.ci_low <= truth <= self.ci_high
+
+
+# ---------------------------------------------------------------------------------------------- per step
+
+
+def importance_weights(pi: np.ndarray, actions: np.ndarray, pscore: np.ndarray) -> np.ndarray:
+    """``w_i = pi[i, a_i] / p_i`` ([n])."""
+    pscore = np.asarray(pscore, dtype=np.float64)
+    if (pscore <= 0).any():
+        raise ValueError("behaviour probabilities must be > 0 for every logged action")
+    return np.asarray(pi, dtype=np.float64)[np.arange(len(actions)), actions] / pscore
+
+
+def effective_sample_size(w: np.ndarray) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 if every weight is 0)."""
+    w = np.asarray(w, dtype=np.float64)
+    sq = float(np.sum(w * w))
+    return float(np.sum(w)) ** 2 / sq if sq > 0 else 0.0
+
+
+def ips(w: np.ndarray, rewards: np.ndarray) -> float:
+    return float(np.mean(w * rewards))
+
+
+def snips(w: np.ndarray, rewards: np.ndarray) -> float:
+    s = float(np.sum(w))
+    return float(np.sum(w * rewards)) / s if s > 0 else float("nan")
+
+
+def dm(pi: np.ndarray, q: np.ndarray) -> float:
+    return float(np.mean(np.sum(pi * q, axis=1)))
+
+
+def dr(pi: np.ndarray, q: np.ndarray, w: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> float:
+    q_logged = q[np.arange(len(actions)), actions]
+    return float(np.mean(np.sum(pi * q, axis=1) + w * (rewards - q_logged)))
+
+
+def _check_inputs(pi: np.ndarray, actions: np.ndarray, rewards: np.ndarray, pscore: np.ndarray) -> None:
+    n = len(actions)
+    if pi.ndim != 2 or pi.shape[0] != n or len(rewards) != n or len(pscore) != n:
+        raise ValueError(f"shapes disagree: pi {pi.shape}, actions {len(actions)}, rewards {len(rewards)}, "
+                         f"pscore {len(pscore)}")
+    if n == 0:
+        raise ValueError("no logged rows")
+    if actions.min() < 0 or actions.max() >= pi.shape[1]:
+        raise ValueError(f"logged actions must be in [0, {pi.shape[1]})")
+    if not np.allclose(pi.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("each row of the target distribution must sum to 1")
+
+
+def _bootstrap_means(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_bootstrap`` resamples of ``values`` (one at a time: memory stays O(n))."""
+    n = len(values)
+    return np.array([values[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
+
+
+def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float, float]:
+    lo, hi = np.nanpercentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def estimate(
+    pi: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    pscore: np.ndarray,
+    context: Context | None = None,
+    reward_model: RewardModel | None = None,
+    estimators: Sequence[str] = ESTIMATORS,
+    n_bootstrap: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> list[Estimate]:
+    """Point estimates and ``1 - alpha`` bootstrap intervals of the per-step value of target ``pi``.
+
+    Args:
+        pi: [n, A] target distribution per logged row.
+        actions, rewards, pscore: [n] logged action, reward and behaviour probability of the action.
+        context: named [n, ...] arrays the reward model reads (DM/DR only).
+        reward_model: fitted afresh on the logs and on every bootstrap sample (default: per-action means).
+        n_bootstrap: bootstrap samples (rows drawn with replacement; seeded by ``seed``).
+    """
+    pi = np.asarray(pi, dtype=np.float64)
+    actions = np.asarray(actions, dtype=np.int64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    _check_inputs(pi, actions, rewards, np.asarray(pscore))
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimator {unknown[0]!r} (choose from {', '.join(ESTIMATORS)})")
+    n = len(actions)
+    context = context if context is not None else {"_rows": np.zeros(n)}
+    model = reward_model if reward_model is not None else TabularRewardModel(pi.shape[1])
+    w = importance_weights(pi, actions, pscore)
+    need_q = any(e in ("DM", "DR") for e in estimators)
+    rows = np.arange(n)
+
+    def values(c: np.ndarray | None) -> dict[str, float]:
+        """All estimators with row multiplicities ``c`` (None = the logs as they are)."""
+        m = np.ones(n) if c is None else c
+        tot = float(m.sum())
+        out: dict[str, float] = {}
+        wm = w * m
+        out["IPS"] = float(np.sum(wm * rewards)) / tot
+        out["SNIPS"] = float(np.sum(wm * rewards)) / float(np.sum(wm)) if np.sum(wm) > 0 else float("nan")
+        if need_q:
+            q = model.fit(context, actions, rewards, m).predict(context)  # [n, A]
+            base = np.sum(pi * q, axis=1)  # [n]
+            out["DM"] = float(np.sum(m * base)) / tot
+            out["DR"] = float(np.sum(m * (base + w * (rewards - q[rows, actions])))) / tot
+        return out
+
+    point = values(None)
+    rng = np.random.default_rng([seed, 17])
+    boot = {e: np.empty(n_bootstrap) for e in estimators}
+    for b in range(n_bootstrap):
+        c = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # multiplicities of a resample
+        v = values(c)
+        for e in estimators:
+            boot[e][b] = v[e]
+    ess = effective_sample_size(w)
+    res = []
+    for e in estimators:
+        lo, hi = _percentiles(boot[e], alpha) if n_bootstrap > 1 else (float("nan"), float("nan"))
+        res.append(Estimate(e, point[e], lo, hi, None if e == "DM" else ess, n))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- sequential
+
+
+def _episode_starts(episode_id: np.ndarray) -> np.ndarray:
+    ep = np.asarray(episode_id)
+    return np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+
+
+def _per_episode(
+    episode_id: np.ndarray, w: np.ndarray, rewards: np.ndarray, gamma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per episode: per-decision weighted return, trajectory weight, discounted return ([E] each)."""
+    starts = _episode_starts(episode_id)
+    ends = np.r_[starts[1:], len(w)]
+    pd = np.empty(len(starts))
+    rho_t = np.empty(len(starts))
+    ret = np.empty(len(starts))
+    for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        rho = np.cumprod(w[s:e])  # weight of the trajectory up to each step
+        disc = gamma ** np.arange(e - s)
+        pd[k] = float(np.sum(disc * rho * rewards[s:e]))
+        rho_t[k] = rho[-1]
+        ret[k] = float(np.sum(disc * rewards[s:e]))
+    return pd, rho_t, ret
+
+
+def per_decision_ips(episode_id: np.ndarray, w: np.ndarray, rewards: np.ndarray, gamma: float = 1.0) -> float:
+    """Per-decision importance sampling of the episode return:
+    ``mean_episodes sum_t gamma^t (prod_{s<=t} w_s) r_t``. Rows of an episode must be consecutive and in
+    step order (as in :mod:`rllib_rec.logs`)."""
+    return float(np.mean(_per_episode(episode_id, np.asarray(w, float), np.asarray(rewards, float), gamma)[0]))
+
+
+def trajectory_ips(episode_id: np.ndarray, w: np.ndarray, rewards: np.ndarray, gamma: float = 1.0) -> float:
+    """Trajectory-wise importance sampling: ``mean_episodes (prod_t w_t) sum_t gamma^t r_t``."""
+    _, rho, ret = _per_episode(episode_id, np.asarray(w, float), np.asarray(rewards, float), gamma)
+    return float(np.mean(rho * ret))
+
+
+def estimate_sequential(
+    episode_id: np.ndarray,
+    w: np.ndarray,
+    rewards: np.ndarray,
+    gamma: float = 1.0,
+    n_bootstrap: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> list[Estimate]:
+    """Per-decision and trajectory-wise IPS of the target's episode return, with bootstrap intervals over
+    episodes; ESS is that of the trajectory weights."""
+    pd, rho, ret = _per_episode(episode_id, np.asarray(w, float), np.asarray(rewards, float), gamma)
+    per_ep = {"PDIS (episode return)": pd, "trajectory IS (episode return)": rho * ret}
+    ess = effective_sample_size(rho)
+    out = []
+    for name, vals in per_ep.items():
+        rng = np.random.default_rng([seed, 19])  # same resamples of episodes for both estimators
+        boot = _bootstrap_means(vals, n_bootstrap, rng)
+        lo, hi = _percentiles(boot, alpha) if n_bootstrap > 1 else (float("nan"), float("nan"))
+        out.append(Estimate(name, float(vals.mean()), lo, hi, ess, len(vals)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- simulated logs
+
+
+def target_distribution(
+    arrays: LogArrays,
+    policy: str | None = None,
+    env: ECommerceEnv | None = None,
+    module: Any = None,
+    epsilon: float = 0.0,
+) -> np.ndarray:
+    """[n, N] target distribution on every logged row: ``random`` (uniform over the row's candidates), an
+    observation-only baseline (``env`` supplies the catalog), or ``module``'s greedy action; epsilon-greedy
+    with ``epsilon`` (0 = deterministic, i.e. one-hot)."""
+    from rllib_rec.policies import baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
+
+    mask = arrays.obs["action_mask"]
+    if module is None and policy == "random":
+        return epsilon_greedy_dist(None, mask, 1.0)
+    if module is not None:
+        greedy_fn = checkpoint_greedy(module)
+    else:
+        if policy is None or env is None:
+            raise ValueError("give a policy name and an env (for the catalog), or a module")
+        greedy_fn = baseline_greedy(policy, env)
+    return epsilon_greedy_dist(greedy_fn(arrays.obs, None), mask, epsilon)
+
+
+def evaluate_logs(
+    arrays: LogArrays,
+    pi: np.ndarray,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    gamma: float = 1.0,
+    reward_model: RewardModel | None = None,
+) -> list[Estimate]:
+    """Per-step IPS/SNIPS/DM/DR of target ``pi`` on simulated logs (reward model: :func:`history_key`
+    cells), the logged per-step mean reward for scale, and for multi-step episodes the per-decision and
+    trajectory-wise IPS of the episode return beside the logged mean episode return."""
+    n_items = arrays.n_items
+    if pi.shape != (arrays.n_rows, n_items):
+        raise ValueError(f"target distribution has shape {pi.shape}, logs have {(arrays.n_rows, n_items)}")
+    model = reward_model or TabularRewardModel(n_items, history_key, N_HISTORY_KEYS)
+    pscore = arrays.behaviour_prob.astype(np.float64)
+    rewards = arrays.reward.astype(np.float64)
+    out = estimate(pi, arrays.action, rewards, pscore, arrays.obs, model, n_bootstrap=n_bootstrap, seed=seed)
+    out.append(mean_with_ci("logged (behaviour) per step", rewards, n_bootstrap, seed))
+    if (arrays.step > 0).any():
+        w = importance_weights(pi, arrays.action, pscore)
+        out += estimate_sequential(arrays.episode_id, w, rewards, gamma, n_bootstrap=n_bootstrap, seed=seed)
+        _, _, ret = _per_episode(arrays.episode_id, np.ones(len(w)), rewards, gamma)
+        out.append(mean_with_ci("logged (behaviour) episode return", ret, n_bootstrap, seed))
+    return out
+
+
+def mean_with_ci(name: str, values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> Estimate:
+    """A plain mean with a percentile-bootstrap 95% interval (e.g. the logging policy's own value)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng([seed, 29])
+    lo, hi = _percentiles(_bootstrap_means(values, n_bootstrap, rng), 0.05)
+    return Estimate(name, float(values.mean()), lo, hi, None, len(values))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def estimates_table(estimates: Sequence[Estimate]) -> str:
+    """``estimator  estimate  95% CI  ESS`` as a plain-text table."""
+    from rllib_rec.report import format_table
+
+    rows = []
+    for e in estimates:
+        ess = "-" if e.ess is None else f"{e.ess:,.1f}"
+        rows.append([e.name, f"{e.value:.6g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", ess, f"{e.n:,}"])
+    return format_table(["estimator", "estimate", "95% CI", "ESS", "n"], rows)
