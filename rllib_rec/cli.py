@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ope",
         help="off-policy evaluation (IPS, SNIPS, DM, DR with bootstrap CIs and ESS) on logs or the Open Bandit Dataset",
         description="Estimate a target policy's value from an interaction log written by `collect`: per-step "
-        "IPS, SNIPS, DM and DR (reward model: mean reward per item x history-feature cell), 95%% percentile-"
+        "IPS, SNIPS, DM and DR (reward model: mean reward per item x history-feature cell), 95% percentile-"
         "bootstrap intervals and the effective sample size of the importance weights; for multi-step episodes "
         "also per-decision and trajectory-wise IPS of the episode return. With --obd DIR: evaluate the "
         "Bernoulli-TS policy on the Open Bandit Dataset's uniform-random logs and the uniform-random policy on "

@@ -148,6 +148,13 @@ def _nullable_list(values: np.ndarray, value_type: pa.DataType, valid: np.ndarra
     return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~valid))
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class LogWriter:
     """Write an interaction log in bounded row groups; the file appears under ``path`` only when complete.
 
@@ -208,6 +215,7 @@ class LogWriter:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         self._tmp = Path(tmp)
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the log should get the usual permissions
         self._writer = pq.ParquetWriter(str(self._tmp), self.schema, compression="zstd")
 
     def _check_target(self) -> None:
