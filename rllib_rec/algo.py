@@ -31,6 +31,7 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
         "history_affinity": m.history_affinity,
         # Shop metadata baked into the network as a constant table (the env's catalog is fixed by its seed).
         "item_categories": Catalog(cfg.env.catalog).category.tolist() if m.item_categories else None,
+        "category_features": m.category_features,
     }
 
 
@@ -59,7 +60,8 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
     else:
         replay.update(type=UNIFORM_BUFFER)
     training: dict[str, Any] = dict(
-        lr=d.lr,
+        # A linear decay settles Q-learning's late oscillations (greedy return swinging between checkpoints).
+        lr=d.lr if d.lr_end is None else [[0, d.lr], [d.lr_decay_steps, d.lr_end]],
         gamma=d.gamma,
         n_step=d.n_step,
         double_q=d.double_q,

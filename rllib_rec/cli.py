@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN (run directory or name under run.output_dir) "
                    "from its last complete checkpoint; --set run.iterations=N extends it")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+    p.add_argument("--offline", metavar="LOGS", help="learn from a Parquet interaction log (`rllib-rec collect`) "
+                   "instead of the simulator: the replay buffer is filled once from the log (behaviour "
+                   "probabilities drive the IPS weights) and no env step is taken; the simulator only "
+                   "evaluates the result, beside the logging policy's own return")
 
     p = sub.add_parser(
         "evaluate",
@@ -227,7 +231,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if not args.config and not args.resume:
         raise CLIError("give --config FILE (or --resume RUN)")
-    result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri)
+    result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
+                   offline=args.offline)
     print("\n".join(summary_lines(result)))
 
 

@@ -57,6 +57,10 @@ class ModelConfig:
         True, "add what happened to *similar* history items (target attention over tied embeddings)"
     )
     item_categories: bool = spec(True, "give the model the catalog's item categories (shop metadata)")
+    # Off by default so that checkpoints written before it existed rebuild the same network.
+    category_features: bool = spec(
+        False, "add per-item counts of what happened to same-category history items (needs item_categories)"
+    )
 
 
 @dataclass
@@ -64,6 +68,10 @@ class DQNSettings:
     """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/algo.py``)."""
 
     lr: float = spec(5e-4, "Adam learning rate", gt=0.0, max=1.0)
+    lr_end: float | None = spec(
+        None, "if set: lr decays linearly from dqn.lr to this over dqn.lr_decay_steps env steps", gt=0.0, max=1.0
+    )
+    lr_decay_steps: int = spec(100_000, "env steps of the lr decay (with dqn.lr_end)", min=1)
     gamma: float = spec(0.95, "discount factor", min=0.0, max=1.0)
     n_step: int = spec(1, "n-step returns", min=1, max=20)
     double_q: bool = spec(True, "double-Q targets")
@@ -118,6 +126,8 @@ class ExperimentConfig:
     def validate(self) -> None:
         if self.model.dueling != self.dqn.dueling:
             raise ConfigError("dqn.dueling", f"must equal model.dueling ({self.model.dueling})")
+        if self.model.category_features and not self.model.item_categories:
+            raise ConfigError("model.category_features", "needs model.item_categories: true")
         if self.dqn.epsilon_end > self.dqn.epsilon_start:
             raise ConfigError("dqn.epsilon_end", "must be <= dqn.epsilon_start")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:

@@ -212,6 +212,30 @@ def _history_item_features(items, events, n_items: int, n_event_types: int, rece
     return counts[:, 1:, :]  # [B, A, 2E] (drop the padding token)
 
 
+def _history_category_features(items, events, item_categories: Sequence[int], n_event_types: int,
+                                recent: int = 3, decay: float = 0.8):
+    """Per-item counts of each event type among history items of the *same category* as the item [B, A, 3E].
+
+    Interest, fatigue and shifts in the shop act on categories, and this is the evidence a history reader
+    weighs (browsed this category 3 times, ignored it twice just now): whole history, last ``recent``
+    positions, and an exponentially decayed count (``decay`` per step back) that follows interest shifts.
+    Two matmuls with a constant one-hot [A, K] category table aggregate items to categories and back, so no
+    [A, A] constant is needed for big catalogs and every op stays a TFLite builtin.
+    """
+    cats = np.asarray(item_categories, dtype=np.int64)
+    n_items, history_length = len(cats), events.shape[1]
+    membership = np.zeros((n_items, int(cats.max()) + 1), dtype="float32")  # [A, K]
+    membership[np.arange(n_items), cats] = 1.0
+    age_weight = (decay ** np.arange(history_length - 1, -1, -1, dtype="float32")).reshape(1, history_length, 1)
+    event_hot = ops.one_hot(events, n_event_types)  # [B, T, E]
+    feats = ops.concatenate([_event_features(events, n_event_types, recent), event_hot * age_weight], axis=-1)
+    item_hot = ops.one_hot(items, n_items + 1)[:, :, 1:]  # [B, T, A] (padding token dropped)
+    per_item = ops.matmul(ops.transpose(feats, (0, 2, 1)), item_hot)  # [B, 3E, A]
+    per_category = ops.matmul(per_item, membership)  # [B, 3E, K]
+    back = ops.matmul(per_category, np.ascontiguousarray(membership.T))  # [B, 3E, A]
+    return ops.transpose(back, (0, 2, 1))  # [B, A, 3E]
+
+
 def build_q_model(
     n_items: int,
     history_length: int,
@@ -227,6 +251,7 @@ def build_q_model(
     history_features: bool = True,
     history_affinity: bool = True,
     item_categories: Sequence[int] | None = None,
+    category_features: bool = False,
     name: str = "q_net",
 ) -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
@@ -244,6 +269,8 @@ def build_q_model(
         raise ValueError(f"n_items and history_length must be >= 1, got {n_items}, {history_length}")
     if embed_dim % num_heads:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+    if category_features and item_categories is None:
+        raise ValueError("category_features needs item_categories")
     if item_scoring not in ("tied", "dense"):
         raise ValueError(f"item_scoring must be 'tied' or 'dense', got {item_scoring!r}")
 
@@ -300,6 +327,8 @@ def build_q_model(
     if history_affinity:
         event_feats = _event_features(events, n_event_types)  # [B, T, 2E]
         per_item_feats.append(HistoryAffinity(item_embedding, name="history_affinity")(item_vectors, valid, event_feats))
+    if category_features:
+        per_item_feats.append(_history_category_features(items, events, item_categories, n_event_types))
     if per_item_feats:
         feats = per_item_feats[0] if len(per_item_feats) == 1 else ops.concatenate(per_item_feats, axis=-1)
         hidden = layers.Dense(16, activation="relu", name="history_item_hidden")(feats)  # [B, A, 16]

@@ -54,6 +54,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "history_features": True,
     "history_affinity": True,
     "item_categories": None,
+    "category_features": False,
     "jit_trace": True,
 }
 _OBS_KEYS = ("items", "events", "action_mask")
@@ -143,6 +144,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             history_features=bool(cfg["history_features"]),
             history_affinity=bool(cfg["history_affinity"]),
             item_categories=cfg["item_categories"],
+            category_features=bool(cfg["category_features"]),
         )
         self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
         self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0

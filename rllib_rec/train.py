@@ -113,6 +113,18 @@ def _plot_learning_curve(history: list[dict[str, float]], baselines: dict[str, d
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    if history and "replayed_steps" in history[0]:  # offline: no training episodes, so the loss curve
+        ax.plot([h["replayed_steps"] for h in history], [h["qf_loss"] for h in history], marker="o",
+                label="TD loss (offline, logged transitions)")
+        ax.set_xlabel("replayed steps (updates x batch / replay ratio)")
+        ax.set_ylabel("TD loss")
+        ax.set_title(title)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     xs = [h["env_steps"] for h in history]
     ax.plot(xs, [h["episode_return_mean"] for h in history], marker="o", label="agent (training episodes)")
     for name, style in (("random", ":"), ("myopic_oracle", "--"), ("planning_oracle", "-.")):
@@ -134,9 +146,13 @@ def train(
     resume: str | None = None,
     tracking_uri: str | None = None,
     log: Callable[[str], None] = print,
+    offline: str | None = None,
 ) -> TrainResult:
     """Train (or resume) a run; returns where everything went. Raises ConfigError/CheckpointError/
-    TrackingError for user errors, before any training work where possible."""
+    TrackingError/LogSchemaError for user errors, before any training work where possible.
+
+    ``offline``: a Parquet log (``rllib_rec.logs``) to learn from instead of the simulator (see
+    ``rllib_rec.offline``); a resumed offline run keeps using the log it started with."""
     from rllib_rec.runtime import use_torch_keras_backend
 
     use_torch_keras_backend()
@@ -161,6 +177,17 @@ def train(
     else:
         cfg = load_config(config_path, overrides)
         run_dir = _new_run_dir(cfg)
+    if resume and state.get("offline_logs"):
+        if offline and Path(offline).resolve() != Path(state["offline_logs"]):
+            raise ConfigError("--offline", f"run {run_dir} was trained from {state['offline_logs']}, not {offline}")
+        offline = state["offline_logs"]
+    elif resume and offline:
+        raise ConfigError("--offline", f"run {run_dir} was trained online; it cannot resume offline")
+    data = None
+    if offline:
+        from rllib_rec.offline import load_offline_data
+
+        data = load_offline_data(offline, cfg)  # validated before any tracking or training work
 
     # 2. Tracking: fail before any training work if the store is unusable -------------------------
     uri = resolve_tracking_uri(cfg.run.output_dir, tracking_uri)
@@ -183,7 +210,11 @@ def train(
             raise CheckpointError(f"{start_ckpt}: unreadable checkpoint ({type(e).__name__}: "
                                   f"{' '.join(str(e).split())[:200]})") from None
         first_iter = int(checkpoint_meta(start_ckpt)["iteration"]) + 1
-    else:
+    if data is not None:
+        algo.local_replay_buffer.add(data.episodes)
+        log(f"offline: {data.n_transitions:,} logged transitions from {len(data.episodes):,} episodes of "
+            f"{', '.join(data.policy_ids)} in the replay buffer ({data.path})")
+    if start_ckpt is None:
         run_dir.mkdir(parents=True)
         atomic_write_text(run_dir / "experiment.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if config_path:
@@ -206,14 +237,17 @@ def train(
         if not state.get("mlflow_run_id"):
             mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat_params().items()})
             mlflow.set_tags({"run_dir": str(run_dir), "config_hash": cfg.config_hash(),
-                             "overrides": " ".join(overrides)[:5000]})
+                             "overrides": " ".join(overrides)[:5000], "mode": "offline" if data else "online"})
+            if data is not None:
+                mlflow.set_tag("offline_logs", str(data.path.resolve()))
             mlflow.log_artifact(str(run_dir / "experiment.yaml"))
             if config_path:
                 mlflow.log_artifact(str(config_path))
         else:
             mlflow.set_tag("resumed_from", str(start_ckpt))
         state = {"mlflow_run_id": run_id, "iteration": first_iter - 1,
-                 "last_checkpoint": str(last_ckpt) if last_ckpt else None}
+                 "last_checkpoint": str(last_ckpt) if last_ckpt else None,
+                 "offline_logs": str(data.path.resolve()) if data else None}
         atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
         log(f"run {run_dir}  (MLflow run {run_id} at {redact(uri)})")
         if first_iter > 1:
@@ -221,18 +255,27 @@ def train(
 
         t_start = time.perf_counter()
         prev_steps = history[-1]["env_steps"] if history else 0.0
+        replayed = history[-1].get("replayed_steps", 0.0) if history else 0.0
+        if data is not None:
+            from rllib_rec.offline import offline_iteration, updates_per_iteration
+
+            n_updates = updates_per_iteration(cfg)
         for it in range(first_iter, cfg.run.iterations + 1):
             t0 = time.perf_counter()
-            m = iteration_metrics(algo.train())
+            if data is None:
+                m = iteration_metrics(algo.train())
+            else:
+                m = {"env_steps": 0.0, **offline_iteration(algo, cfg, n_updates, replayed)}
+                replayed = m["replayed_steps"]
             dt = time.perf_counter() - t0
-            m.update(iteration=it, seconds=dt, epsilon=epsilon_at(cfg, m["env_steps"]),
+            m.update(iteration=it, seconds=dt, epsilon=epsilon_at(cfg, m["env_steps"]) if data is None else 0.0,
                      env_steps_per_s=(m["env_steps"] - prev_steps) / dt if dt > 0 else math.nan)
             prev_steps = m["env_steps"]
             history.append(m)
             with metrics_file.open("a") as f:
                 f.write(json.dumps(m) + "\n")
             mlflow.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)},
-                               step=int(m["env_steps"]))
+                               step=int(m["env_steps"] if data is None else m["replayed_steps"]))
             saved_note = ""
             if it % cfg.run.checkpoint_every == 0 or it == cfg.run.iterations:
                 last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
@@ -242,9 +285,14 @@ def train(
                 atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
                 mlflow.set_tag("checkpoint_path", str(last_ckpt))
                 saved_note = f"  ckpt {last_ckpt.name}"
-            log(f"iter {it:>3}/{cfg.run.iterations}  steps {m['env_steps']:>8,.0f}  "
-                f"return {m['episode_return_mean']:6.2f}  loss {m['qf_loss']:7.4f}  "
-                f"eps {m['epsilon']:.2f}  {m['env_steps_per_s']:6,.0f} steps/s{saved_note}")
+            if data is None:
+                log(f"iter {it:>3}/{cfg.run.iterations}  steps {m['env_steps']:>8,.0f}  "
+                    f"return {m['episode_return_mean']:6.2f}  loss {m['qf_loss']:7.4f}  "
+                    f"eps {m['epsilon']:.2f}  {m['env_steps_per_s']:6,.0f} steps/s{saved_note}")
+            else:
+                log(f"iter {it:>3}/{cfg.run.iterations}  offline updates {n_updates}  replayed "
+                    f"{m['replayed_steps']:>9,.0f}  loss {m['qf_loss']:7.4f}  Q {m['qf_mean']:6.2f}  "
+                    f"{n_updates / dt if dt > 0 else math.nan:6,.1f} updates/s{saved_note}")
         algo.stop()
         if last_ckpt is None:
             raise CheckpointError(f"{run_dir}: nothing to do (already at iteration {first_iter - 1})")
@@ -256,6 +304,10 @@ def train(
 
         log(f"evaluating greedy policy on {cfg.run.eval_episodes} held-out episodes ...")
         evaluation = evaluation_table(load_module(last_ckpt), cfg.env, cfg.run.eval_episodes, cfg.run.eval_seed)
+        if data is not None:
+            from rllib_rec.offline import LOGGING_POLICY_NAME, logging_policy_stats
+
+            evaluation[LOGGING_POLICY_NAME] = logging_policy_stats(data.arrays).summary()
         table = policy_table(evaluation)
         log(table)
         (run_dir / "evaluation.txt").write_text(table + "\n")
@@ -263,7 +315,7 @@ def train(
         _plot_learning_curve(history, evaluation, run_dir / "learning_curve.png",
                              f"{cfg.name} ({cfg.env.preset})")
         for name, s in evaluation.items():
-            key = "agent" if name == GREEDY_NAME else name
+            key = {GREEDY_NAME: "agent", "logging policy (logs)": "logging_policy"}.get(name, name)
             mlflow.log_metric(f"eval/{key}/return_mean", s["return_mean"])
             mlflow.log_metric(f"eval/{key}/return_ci95", s["return_ci95"])
         for name in ("evaluation.txt", "evaluation.json", "learning_curve.png", "metrics.jsonl"):

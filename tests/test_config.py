@@ -59,6 +59,8 @@ def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
         ("env:\n  preset: huge\n", "env.preset", "must be one of"),
         ("env:\n  n_candidates: 50\n", "env.n_candidates", "must be <= catalog.n_items"),
         ("env:\n  users:\n    patience: [5, 1]\n", "env.users.patience", "low <= high"),
+        ("model:\n  item_categories: false\n  category_features: true\n", "model.category_features",
+         "needs model.item_categories"),
         ("bogus: 1\n", "bogus", "unknown key"),
         ("model: 3\n", "model", "expected a mapping"),
         ("- 1\n- 2\n", "", "top level must be a mapping"),

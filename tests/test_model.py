@@ -198,3 +198,40 @@ def test_history_counts_reach_the_item_they_describe():
     other["events"][0, -1] = 4  # ... clicked instead
     diff = np.abs(_q(m, obs) - _q(m, other))[0]
     assert diff[4] > 0 and np.all(np.delete(diff, 4) == 0)
+
+
+def test_category_features_count_same_category_history_events():
+    """The category path equals a brute-force count: whole history, last 3 steps, 0.8-decayed."""
+    import keras
+
+    from rllib_rec.model import _history_category_features
+
+    cats = [i % 4 for i in range(N)]
+    obs = _obs(np.random.default_rng(7))
+    got = keras.ops.convert_to_numpy(_history_category_features(
+        keras.ops.convert_to_tensor(obs["items"]), keras.ops.convert_to_tensor(obs["events"]), cats, 6))
+    want = np.zeros((len(obs["items"]), N, 18))
+    decay = 0.8 ** np.arange(T - 1, -1, -1)
+    for b, (items, events) in enumerate(zip(obs["items"], obs["events"], strict=True)):
+        for a in range(N):
+            for t in np.flatnonzero(items):
+                if cats[items[t] - 1] == cats[a]:
+                    e = events[t]
+                    want[b, a, [e, 6 + e, 12 + e]] += [1.0, float(t >= T - 3), decay[t]]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    # Changing what happened to one item moves the Q-values of its whole category, and only those.
+    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_features=False,
+                      history_affinity=False, item_categories=cats, category_features=True)
+    for v in m.weights:  # silence everything but the per-item history path
+        if not v.path.startswith("history_item"):
+            v.assign(np.zeros(v.shape, dtype="float32"))
+    one = {k: v[1:2].copy() for k, v in obs.items()}
+    one["action_mask"][:] = 1
+    one["items"][0, -1], one["events"][0, -1] = 5, 2  # item 4 (category 0) was just ignored
+    other = {k: v.copy() for k, v in one.items()}
+    other["events"][0, -1] = 5  # ... bought instead
+    moved = np.abs(_q(m, one) - _q(m, other))[0] > 0
+    np.testing.assert_array_equal(moved, [c == 0 for c in cats])
+    with pytest.raises(ValueError, match="needs item_categories"):
+        build_q_model(N, T, category_features=True)

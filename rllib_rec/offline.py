@@ -1,0 +1,182 @@
+"""Offline training: the same Transformer-DQN, learned from interaction logs instead of the simulator.
+
+`rllib-rec train --offline LOGS.parquet` builds the algorithm exactly as online training does
+(:func:`rllib_rec.algo.build_algo_config`), fills its replay buffer once with the logged episodes
+(behaviour probabilities as ``Columns.ACTION_PROB``, so the learner's clipped inverse-propensity weights
+apply), and then runs only the replay half of DQN's training step: sample, update, re-prioritise, sync the
+target network. No env step is taken; the simulator is used only to evaluate the result at the end.
+
+Units: one offline iteration does as many gradient updates as an online iteration would
+(``run.steps_per_iteration * dqn.training_intensity / dqn.train_batch_size``), and the target network is
+synced on the same schedule, counting ``train_batch_size / training_intensity`` "replayed steps" per update
+(the env steps an online run takes per update), so ``dqn.target_update_freq`` means the same thing online
+and offline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.baselines import EpisodeStats
+from envs.response import CLICK, PURCHASE
+from rllib_rec.config import ExperimentConfig
+from rllib_rec.logs import LogArrays, LogSchemaError, log_arrays, read_logs
+
+__all__ = [
+    "OfflineData",
+    "load_offline_data",
+    "logs_to_episodes",
+    "logging_policy_stats",
+    "updates_per_iteration",
+    "replayed_steps_per_update",
+    "offline_iteration",
+]
+
+LOGGING_POLICY_NAME = "logging policy (logs)"
+
+
+class OfflineData:
+    """A validated log and its episodes, ready for a replay buffer."""
+
+    def __init__(self, path: Path, arrays: LogArrays) -> None:
+        self.path = path
+        self.arrays = arrays
+        self.episodes = logs_to_episodes(arrays)
+
+    @property
+    def n_transitions(self) -> int:
+        return self.arrays.n_rows
+
+    @property
+    def policy_ids(self) -> list[str]:
+        return sorted({str(p) for p in self.arrays.policy_id})
+
+
+def load_offline_data(path: str | Path, cfg: ExperimentConfig) -> OfflineData:
+    """Read ``path`` and check it fits the experiment (same item count and history length as ``cfg.env``,
+    room for every transition in the replay buffer); one-line errors name the file and the mismatch."""
+    p = Path(path)
+    arrays = log_arrays(read_logs(p))
+    if arrays.n_rows == 0:
+        raise LogSchemaError(f"{p}: no logged transitions")
+    n_items, history = arrays.n_items, arrays.obs["items"].shape[1]
+    if n_items != cfg.env.catalog.n_items:
+        raise LogSchemaError(f"{p}: logs have {n_items} items but env.catalog.n_items is {cfg.env.catalog.n_items}")
+    if history != cfg.env.history_length:
+        raise LogSchemaError(f"{p}: logs have history length {history} but env.history_length is "
+                             f"{cfg.env.history_length}")
+    if arrays.n_rows > cfg.dqn.replay_capacity:
+        # The buffer would silently evict the oldest logged episodes.
+        raise LogSchemaError(f"{p}: {arrays.n_rows} logged transitions exceed dqn.replay_capacity "
+                             f"({cfg.dqn.replay_capacity}); raise it with --set dqn.replay_capacity=N")
+    return OfflineData(p, arrays)
+
+
+def _episode_slices(episode_id: np.ndarray) -> list[slice]:
+    starts = np.flatnonzero(np.r_[True, episode_id[1:] != episode_id[:-1]])
+    ends = np.r_[starts[1:], len(episode_id)]
+    return [slice(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def logs_to_episodes(arrays: LogArrays) -> list[Any]:
+    """One numpy'd ``SingleAgentEpisode`` per logged episode (rows are consecutive and step-ordered; the
+    reader checks that). An episode cut off by the end of the file (neither terminated nor truncated on its
+    last row) is kept as an unfinished episode, so its last transition still bootstraps."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    episodes = []
+    keys = ("items", "events", "action_mask")
+    for sl in _episode_slices(arrays.episode_id):
+        n = sl.stop - sl.start
+        observations = [{k: arrays.obs[k][i] for k in keys} for i in range(sl.start, sl.stop)]
+        observations.append({k: arrays.next_obs[k][sl.stop - 1] for k in keys})
+        ep = SingleAgentEpisode(
+            observations=observations,
+            actions=[np.int64(a) for a in arrays.action[sl]],
+            rewards=[float(r) for r in arrays.reward[sl]],
+            extra_model_outputs={Columns.ACTION_PROB: [np.float32(p) for p in arrays.behaviour_prob[sl]]},
+            terminated=bool(arrays.terminated[sl.stop - 1]),
+            truncated=bool(arrays.truncated[sl.stop - 1]),
+            len_lookback_buffer=0,
+        )
+        assert len(ep) == n
+        episodes.append(ep.to_numpy())
+    return episodes
+
+
+def logging_policy_stats(arrays: LogArrays) -> EpisodeStats:
+    """The logging policy's own on-simulator value, read off the logs (complete episodes only)."""
+    returns, lengths, clicks, purchases, churned = [], [], [], [], []
+    for sl in _episode_slices(arrays.episode_id):
+        if not (arrays.terminated[sl.stop - 1] or arrays.truncated[sl.stop - 1]):
+            continue
+        returns.append(float(arrays.reward[sl].sum()))
+        lengths.append(sl.stop - sl.start)
+        clicks.append(int((arrays.event[sl] >= CLICK).sum()))
+        purchases.append(int((arrays.event[sl] == PURCHASE).sum()))
+        churned.append(bool(arrays.terminated[sl.stop - 1]))
+    return EpisodeStats(np.array(returns), np.array(lengths), np.array(clicks), np.array(purchases),
+                        np.array(churned, dtype=bool))
+
+
+def updates_per_iteration(cfg: ExperimentConfig) -> int:
+    d = cfg.dqn
+    return max(1, round(cfg.run.steps_per_iteration * d.training_intensity / d.train_batch_size))
+
+
+def replayed_steps_per_update(cfg: ExperimentConfig) -> float:
+    return cfg.dqn.train_batch_size / cfg.dqn.training_intensity
+
+
+def offline_iteration(algo: Any, cfg: ExperimentConfig, n_updates: int, replayed_before: float) -> dict[str, float]:
+    """``n_updates`` sample-update-reprioritise rounds on the algorithm's replay buffer (DQN's training step
+    without sampling). Returns the iteration's mean loss/Q and the new replayed-step count."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.utils.metrics import (
+        NUM_AGENT_STEPS_SAMPLED_LIFETIME,
+        NUM_ENV_STEPS_SAMPLED_LIFETIME,
+        TD_ERROR_KEY,
+    )
+    from ray.rllib.utils.numpy import convert_to_numpy
+    from ray.rllib.utils.replay_buffers.utils import update_priorities_in_episode_replay_buffer
+
+    ac = algo.config
+    per_update = replayed_steps_per_update(cfg)
+    stats: dict[str, list[float]] = defaultdict(list)
+    replayed = replayed_before
+    for _ in range(n_updates):
+        episodes = algo.local_replay_buffer.sample(
+            num_items=ac.total_train_batch_size, n_step=ac.n_step, gamma=ac.gamma,
+            beta=ac.replay_buffer_config.get("beta"), sample_episodes=True,
+            batch_length_T=0, lookback=0, min_batch_length_T=0,
+        )
+        replayed += per_update
+        steps = int(replayed)
+        results = algo.learner_group.update(
+            episodes=episodes,
+            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: steps, NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: steps}},
+        )
+        td_errors: dict[str, list] = defaultdict(list)
+        for res in results:
+            for module_id, module_results in res.items():
+                if TD_ERROR_KEY in module_results:
+                    td_errors[module_id].extend(convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek()))
+                if module_id == DEFAULT_MODULE_ID:
+                    for key in ("qf_loss", "qf_mean", "sample_weight_max"):
+                        if key in module_results:
+                            stats[key].append(float(convert_to_numpy(module_results[key].peek())))
+        update_priorities_in_episode_replay_buffer(
+            replay_buffer=algo.local_replay_buffer,
+            td_errors={m: {TD_ERROR_KEY: np.concatenate(v, axis=0)} for m, v in td_errors.items()},
+        )
+    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out.update(replayed_steps=replayed, updates=float(n_updates))
+    for key in ("qf_loss", "qf_mean", "sample_weight_max"):
+        out.setdefault(key, math.nan)
+    return out
