@@ -512,7 +512,6 @@ def run_sweep(
 
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
     experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scfg.name}-best"):
         mlflow.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],

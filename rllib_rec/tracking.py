@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["resolve_tracking_uri", "redact", "TrackingError", "connect", "local_store_hint"]
+__all__ = ["resolve_tracking_uri", "redact", "TrackingError", "connect", "local_store_hint", "use_tracking_uri"]
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
 _SECRET_QUERY = re.compile(r"(?i)((?:token|password|secret|key|sig|signature)=)[^&\s]+")
@@ -35,6 +35,22 @@ def resolve_tracking_uri(output_dir: str | os.PathLike[str], explicit: str | Non
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Point this process's MLflow client at ``uri`` without touching the environment.
+
+    ``mlflow.set_tracking_uri`` also writes ``os.environ["MLFLOW_TRACKING_URI"]``; every later subprocess,
+    Ray worker or Ray job started from this process would then inherit one run's store as its default.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def local_store_hint(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
@@ -51,7 +67,7 @@ def connect(uri: str, experiment: str, output_dir: str | os.PathLike[str]) -> st
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    use_tracking_uri(uri)
     try:
         client = mlflow.MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)

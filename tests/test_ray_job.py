@@ -64,7 +64,8 @@ def ray_head():
     ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                       "ray-client-server-port", "metrics-export-port",
                                                       "runtime-env-agent-port")]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # A job's driver inherits the head's environment: keep the caller's MLflow store out of it.
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "RAY_ADDRESS": ""}
     out = subprocess.run(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", *ports, "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}",

@@ -100,7 +100,9 @@ def _cmd(tmp: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "KERAS_BACKEND": "torch", "RAY_AIR_NEW_OUTPUT": "1"}
+    # The test reads the sweep's local store, so a store chosen by the caller's environment is dropped.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "KERAS_BACKEND": "torch", "RAY_AIR_NEW_OUTPUT": "1"}
 
 
 def _trial_rows(sweep_dir: Path) -> dict[str, list[dict]]:

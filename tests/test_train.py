@@ -80,6 +80,12 @@ def test_mlflow_run_has_params_metrics_png_and_checkpoint(run) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_training_does_not_leak_its_store_into_the_environment(run) -> None:
+    # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into os.environ; a leak would send every later
+    # subprocess, Ray worker or Ray job started from this process to this one run's store.
+    assert os.environ.get("MLFLOW_TRACKING_URI") != run.tracking_uri
+
+
 def test_checkpoints_every_n_and_at_end(run) -> None:
     names = sorted(p.name for p in (run.run_dir / "checkpoints").iterdir())
     assert names == ["iter_000001", "iter_000002"]
