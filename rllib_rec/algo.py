@@ -35,6 +35,16 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The env section, plus the watchdog and injected faults under ``RUNTIME_KEY`` (see registry.py)."""
+    from rllib_rec.registry import RUNTIME_KEY
+
+    f = cfg.faults
+    runtime = {"env_step_timeout_s": cfg.run.env_step_timeout_s, "env_crash_rate": f.env_crash_rate,
+               "env_hang_rate": f.env_hang_rate, "env_hang_seconds": f.env_hang_seconds, "seed": cfg.run.seed}
+    return {**to_dict(cfg.env), RUNTIME_KEY: runtime}
+
+
 def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """``learner_config_dict`` for :class:`rllib_rec.learner.WeightedDQNTorchLearner`."""
     d = cfg.dqn
@@ -80,7 +90,7 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
         training["training_intensity"] = d.training_intensity
     return (
         DQNConfig()
-        .environment(register_rllib_env(), env_config=to_dict(cfg.env))
+        .environment(register_rllib_env(), env_config=env_config(cfg))
         .framework("torch")
         .env_runners(
             num_env_runners=r.num_env_runners,
@@ -96,5 +106,10 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
         .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule, model_config=module_model_config(cfg)))
         .training(**training)
         .reporting(min_sample_timesteps_per_iteration=r.steps_per_iteration, metrics_num_episodes_for_smoothing=100)
+        .fault_tolerance(
+            restart_failed_env_runners=r.restart_failed_env_runners,
+            max_num_env_runner_restarts=r.max_env_runner_restarts,
+            restart_failed_sub_environments=r.restart_failed_sub_environments,
+        )
         .debugging(seed=r.seed)
     )

@@ -113,6 +113,28 @@ class RunSettings:
     seed: int = spec(0, "seed of training", min=0)
     output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go")
     experiment: str = spec("rllib-rec", "MLflow experiment name")
+    # Fault tolerance (RLlib's AlgorithmConfig.fault_tolerance): a crashing env or EnvRunner costs the
+    # episodes in flight, not the run.
+    restart_failed_sub_environments: bool = spec(
+        True, "recreate an env whose step/reset raised (its unfinished episodes are dropped) and go on"
+    )
+    restart_failed_env_runners: bool = spec(True, "recreate a remote EnvRunner actor that died")
+    max_env_runner_restarts: int = spec(1000, "give up after this many EnvRunner restarts", min=0)
+    env_step_timeout_s: float | None = spec(
+        60.0, "a step/reset running longer than this raises (then handled as a crash); null = no watchdog", gt=0.0
+    )
+
+
+@dataclass
+class FaultSettings:
+    """Deliberate faults, for testing the fault tolerance above (all off by default)."""
+
+    env_crash_rate: float = spec(0.0, "probability per episode that one env step raises", min=0.0, max=1.0)
+    env_hang_rate: float = spec(0.0, "probability per episode that one env step hangs", min=0.0, max=1.0)
+    env_hang_seconds: float = spec(3600.0, "how long an injected hang sleeps", gt=0.0)
+    trial_error_at_iteration: int = spec(
+        0, "a Tune trial raises once at this training iteration (0 = never); sweep.max_failures retries it", min=0
+    )
 
 
 @dataclass
@@ -122,6 +144,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dqn: DQNSettings = field(default_factory=DQNSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    faults: FaultSettings = field(default_factory=FaultSettings)
 
     def validate(self) -> None:
         if self.model.dueling != self.dqn.dueling:
@@ -130,6 +153,8 @@ class ExperimentConfig:
             raise ConfigError("model.category_features", "needs model.item_categories: true")
         if self.dqn.epsilon_end > self.dqn.epsilon_start:
             raise ConfigError("dqn.epsilon_end", "must be <= dqn.epsilon_start")
+        if self.faults.env_crash_rate + self.faults.env_hang_rate > 1.0:
+            raise ConfigError("faults.env_hang_rate", "faults.env_crash_rate + faults.env_hang_rate must be <= 1")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:
             raise ConfigError("dqn.train_batch_size", "must be <= dqn.replay_capacity")
 

@@ -76,7 +76,15 @@ def iteration_metrics(result: dict[str, Any]) -> dict[str, float]:
         "qf_mean": _get(result, "learners", "default_policy", "qf_mean"),
         "sample_weight_max": _get(result, "learners", "default_policy", "sample_weight_max"),
         "trained_steps": _get(result, "learners", "__all_modules__", "num_env_steps_trained_lifetime"),
+        # Env steps that raised (or hit run.env_step_timeout_s) and were survived by recreating the env.
+        "env_step_failures": _get(result, "env_runners", "num_env_step_failures", default=0.0),
     }
+
+
+def env_runner_restarts(algo: Any) -> float:
+    """Remote EnvRunner actors recreated after dying (0 without remote runners)."""
+    group = getattr(algo, "env_runner_group", None)
+    return float(group.num_remote_worker_restarts()) if group is not None else 0.0
 
 
 def resolve_resume(resume: str, output_dir: str) -> Path:
@@ -263,7 +271,7 @@ def train(
         for it in range(first_iter, cfg.run.iterations + 1):
             t0 = time.perf_counter()
             if data is None:
-                m = iteration_metrics(algo.train())
+                m = {**iteration_metrics(algo.train()), "env_runner_restarts": env_runner_restarts(algo)}
             else:
                 m = {"env_steps": 0.0, **offline_iteration(algo, cfg, n_updates, replayed)}
                 replayed = m["replayed_steps"]
@@ -286,14 +294,20 @@ def train(
                 mlflow.set_tag("checkpoint_path", str(last_ckpt))
                 saved_note = f"  ckpt {last_ckpt.name}"
             if data is None:
+                faults = m["env_step_failures"] + m["env_runner_restarts"]
+                fault_note = (f"  env failures {m['env_step_failures']:.0f} runner restarts "
+                              f"{m['env_runner_restarts']:.0f}" if faults else "")
                 log(f"iter {it:>3}/{cfg.run.iterations}  steps {m['env_steps']:>8,.0f}  "
                     f"return {m['episode_return_mean']:6.2f}  loss {m['qf_loss']:7.4f}  "
-                    f"eps {m['epsilon']:.2f}  {m['env_steps_per_s']:6,.0f} steps/s{saved_note}")
+                    f"eps {m['epsilon']:.2f}  {m['env_steps_per_s']:6,.0f} steps/s{fault_note}{saved_note}")
             else:
                 log(f"iter {it:>3}/{cfg.run.iterations}  offline updates {n_updates}  replayed "
                     f"{m['replayed_steps']:>9,.0f}  loss {m['qf_loss']:7.4f}  Q {m['qf_mean']:6.2f}  "
                     f"{n_updates / dt if dt > 0 else math.nan:6,.1f} updates/s{saved_note}")
         algo.stop()
+        if history and history[-1].get("env_step_failures", 0) + history[-1].get("env_runner_restarts", 0) > 0:
+            log(f"faults survived: {history[-1]['env_step_failures']:.0f} env step failures (env recreated), "
+                f"{history[-1]['env_runner_restarts']:.0f} env runner restarts")
         if last_ckpt is None:
             raise CheckpointError(f"{run_dir}: nothing to do (already at iteration {first_iter - 1})")
 
