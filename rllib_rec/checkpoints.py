@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "atomic_write_text",
     "write_checkpoint",
     "latest_checkpoint",
+    "remove_partial_checkpoints",
     "checkpoint_config",
     "module_path",
     "load_module",
@@ -67,6 +69,8 @@ def write_checkpoint(algo: Any, checkpoints_dir: Path, iteration: int, cfg: Expe
     tmp = Path(tempfile.mkdtemp(dir=checkpoints_dir, prefix=f".tmp-iter_{iteration:06d}-"))
     try:
         algo.save_to_path(str(tmp.resolve()))
+        if cfg.faults.checkpoint_write_delay_s:  # fault injection: widen the window a crash can hit
+            time.sleep(cfg.faults.checkpoint_write_delay_s)
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         (tmp / CHECKPOINT_META).write_text(json.dumps({**meta, "iteration": iteration}, indent=2), encoding="utf-8")
         os.rename(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
@@ -74,6 +78,14 @@ def write_checkpoint(algo: Any, checkpoints_dir: Path, iteration: int, cfg: Expe
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete temp dirs left by a process killed while writing a checkpoint; returns what was removed."""
+    partial = sorted(p for p in (run_dir / "checkpoints").glob(".tmp-iter_*") if p.is_dir())
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
 
 
 def _is_complete(path: Path) -> bool:

@@ -132,6 +132,9 @@ class FaultSettings:
     env_crash_rate: float = spec(0.0, "probability per episode that one env step raises", min=0.0, max=1.0)
     env_hang_rate: float = spec(0.0, "probability per episode that one env step hangs", min=0.0, max=1.0)
     env_hang_seconds: float = spec(3600.0, "how long an injected hang sleeps", gt=0.0)
+    checkpoint_write_delay_s: float = spec(
+        0.0, "sleep this long inside every checkpoint write (before it is made visible)", min=0.0
+    )
     trial_error_at_iteration: int = spec(
         0, "a Tune trial raises once at this training iteration (0 = never); sweep.max_failures retries it", min=0
     )

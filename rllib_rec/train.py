@@ -21,6 +21,7 @@ from rllib_rec.checkpoints import (
     checkpoint_config,
     checkpoint_meta,
     latest_checkpoint,
+    remove_partial_checkpoints,
     write_checkpoint,
 )
 from rllib_rec.config import (
@@ -176,6 +177,8 @@ def train(
         if probe is not None:
             _check_same_model(saved, probe, str(config_path))
         _check_same_model(saved, cfg, "--set")
+        for partial in remove_partial_checkpoints(run_dir):
+            log(f"removed partial checkpoint {partial.name} (the previous process died while writing it)")
         start_ckpt = latest_checkpoint(run_dir)
         if start_ckpt is None:
             raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from")
@@ -233,6 +236,8 @@ def train(
     if metrics_file.is_file():
         history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
         history = [h for h in history if h["iteration"] < first_iter]
+        # Iterations after the checkpoint we resume from are redone: drop their rows (a killed run logged them).
+        atomic_write_text(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
     run_kwargs: dict[str, Any] = {"experiment_id": experiment_id}
     if state.get("mlflow_run_id"):
