@@ -41,7 +41,8 @@ def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
     f = cfg.faults
     runtime = {"env_step_timeout_s": cfg.run.env_step_timeout_s, "env_crash_rate": f.env_crash_rate,
-               "env_hang_rate": f.env_hang_rate, "env_hang_seconds": f.env_hang_seconds, "seed": cfg.run.seed}
+               "env_hang_rate": f.env_hang_rate, "env_hang_seconds": f.env_hang_seconds, "seed": cfg.run.seed,
+               "trial_error_at_iteration": f.trial_error_at_iteration}  # read by trainable.TunedDQN
     return {**to_dict(cfg.env), RUNTIME_KEY: runtime}
 
 

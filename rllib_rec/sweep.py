@@ -138,6 +138,8 @@ class SweepSettings:
     mode: Literal["max", "min"] = spec("max", "maximise or minimise the metric")
     storage_path: str = spec("runs/sweeps", "where Tune writes trials (local dir, or a cloud URI on a cluster)")
     checkpoint_every: int | None = spec(None, "checkpoint every N iterations (default: run.checkpoint_every)", min=1)
+    max_failures: int = spec(2, "retries of a trial that errors, from its last checkpoint (the sweep goes on "
+                                "without it after that)", min=0)
 
 
 @dataclass
@@ -469,6 +471,7 @@ def run_sweep(
                 name=scfg.name,
                 storage_path=str(sweep_dir.parent) if local else sw.storage_path,
                 stop={"training_iteration": exp.run.iterations},
+                failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
                 callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=exp.run.experiment,
@@ -498,6 +501,8 @@ def run_sweep(
     log(table)
     log(f"max trials running at once (from trial timestamps): {concurrency}")
     log(f"trials per Ray node: {placement_summary(rows)}")
+    retried = {t.trial_id: t.num_failures for t in trials if getattr(t, "num_failures", 0)}
+    log("trial errors retried: " + (", ".join(f"{k} x{v}" for k, v in sorted(retried.items())) or "none"))
     ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
     if not ok:
         raise CheckpointError(f"{sweep_dir}: no trial reported {sw.metric}")

@@ -10,6 +10,7 @@ iterable``. Turning the class back into its dotted path before set-up is the who
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rllib_rec.runtime import use_torch_keras_backend
@@ -18,9 +19,14 @@ use_torch_keras_backend()
 
 from ray.rllib.algorithms.dqn import DQN  # noqa: E402
 
+from rllib_rec.registry import RUNTIME_KEY  # noqa: E402
 from rllib_rec.sweep import PLACEMENT_KEY  # noqa: E402
 
-__all__ = ["TunedDQN"]
+__all__ = ["InjectedTrialError", "TunedDQN"]
+
+
+class InjectedTrialError(RuntimeError):
+    """Raised on purpose by ``faults.trial_error_at_iteration``."""
 
 
 class TunedDQN(DQN):
@@ -35,9 +41,23 @@ class TunedDQN(DQN):
         super().setup(config)
 
     def step(self) -> dict:
+        self._maybe_inject_error()
         result = super().step()
         result[PLACEMENT_KEY] = {"trial_node": _node_id(), "env_runner_nodes": self._env_runner_nodes()}
         return result
+
+    def _maybe_inject_error(self) -> None:
+        """``faults.trial_error_at_iteration``: fail once at that iteration, so that Tune's retry (from the
+        trial's last checkpoint) is exercised; a marker in the trial directory makes the retry pass."""
+        runtime = (self.config.env_config or {}).get(RUNTIME_KEY) or {}
+        at = int(runtime.get("trial_error_at_iteration") or 0)
+        if not at or self.iteration + 1 != at:
+            return
+        marker = Path(self.logdir) / f".injected_error_at_{at}"
+        if marker.exists():
+            return
+        marker.touch()
+        raise InjectedTrialError(f"injected trial error at iteration {at} (faults.trial_error_at_iteration)")
 
     def _env_runner_nodes(self) -> list[str]:
         group = getattr(self, "env_runner_group", None)

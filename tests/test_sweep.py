@@ -208,3 +208,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         assert after[t] == r
         assert (sweep_dir / t / "result.json").stat().st_mtime == mtimes[t]
     assert json.loads((sweep_dir / "best.json").read_text())["trial"] in {r[0]["trial_id"] for r in after.values()}
+
+
+@pytest.mark.slow
+def test_a_trial_that_errors_is_retried_and_the_sweep_completes(tmp_path: Path) -> None:
+    # Every trial raises once at iteration 2; with sweep.max_failures=1 Tune retries each from its
+    # iteration-1 checkpoint, and the sweep finishes with all four trials and a best checkpoint.
+    proc = subprocess.run(_cmd(tmp_path, "faults.trial_error_at_iteration=2", "sweep.max_failures=1",
+                                "sweep.scheduler=fifo"), env=_env(),
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path / "sweeps" / "debug-sweep"
+    assert (sweep_dir / "best.json").is_file()
+    table = (sweep_dir / "trials.txt").read_text().splitlines()[2:]
+    assert len(table) == 4 and all(" OK " in f" {line} " for line in table), table
+    retried = next(x for x in proc.stderr.splitlines() if "trial errors retried:" in x)
+    assert retried.count(" x1") == 4, retried
+    rows = _trial_rows(sweep_dir)
+    assert all(r[-1]["training_iteration"] == 2 for r in rows.values())
