@@ -2,12 +2,13 @@
 log alone (`train --offline`, no env steps), then roll every policy on the same held-out seeds.
 
     python bench/offline.py [--config configs/default.yaml] [--episodes 3000] [--base history]
-                            [--epsilon 0.3] [--iterations 20] [--online CKPT] [--set KEY=VALUE ...]
+                            [--epsilon 0.3] [--iterations 40] [--online CKPT] [--set KEY=VALUE ...]
 
 The table shows each policy's on-simulator return beside the logging policy's and the myopic oracle's:
 random, the logging policy (epsilon-greedy over ``--base``, rolled on the held-out seeds, not read from the
-log), the offline agent (greedy), the online agent of ``--online`` when given (e.g. bench/learning.py's
-checkpoint), and the oracles. ~10 minutes on 2 cores at the defaults.
+log), two offline agents trained on the same log (loss weighted by clipped 1/p, ``dqn.ips_weights=true``,
+and unweighted), the online agent of ``--online`` when given (e.g. bench/learning.py's checkpoint), and
+the oracles. ~8 minutes on 2 cores at the defaults.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from envs import ECommerceEnv  # noqa: E402
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.checkpoints import checkpoint_config, load_module  # noqa: E402
+from rllib_rec.checkpoints import checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
 from rllib_rec.collect import collect_logs, make_behaviour, rollout  # noqa: E402
 from rllib_rec.config import load_config  # noqa: E402
 from rllib_rec.evaluate import evaluate_module  # noqa: E402
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=3000, help="logged episodes (default 3000)")
     p.add_argument("--base", default="history", help="greedy part of the logging policy (a baseline name)")
     p.add_argument("--epsilon", type=float, default=0.3, help="logging policy's exploration rate (default 0.3)")
-    p.add_argument("--iterations", type=int, default=20, help="offline training iterations (default 20)")
+    p.add_argument("--iterations", type=int, default=40, help="offline training iterations (default 40)")
     p.add_argument("--eval-episodes", type=int, default=500, help="held-out episodes per policy (default 500)")
     p.add_argument("--online", metavar="CKPT", help="an online-trained checkpoint to compare with")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-offline-"))
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config, args.set)
+    online = resolve_checkpoint(args.online) if args.online else None  # fail before any work
+    if online is not None and checkpoint_config(online).env != cfg.env:
+        p.error(f"--online {args.online}: trained on a different env config than {args.config}")
     env = ECommerceEnv(cfg.env)
     behaviour = make_behaviour("epsilon-greedy", env, epsilon=args.epsilon, base=args.base, seed=cfg.run.seed)
 
@@ -69,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logged {args.episodes} episodes ({collected.rows:,} rows) of {behaviour.policy_id} "
           f"in {time.perf_counter() - t0:.0f}s -> {logs}", flush=True)
 
-    t0 = time.perf_counter()
-    res = train(args.config, [f"run.output_dir={out / 'runs'}", f"run.iterations={args.iterations}",
-                              f"run.eval_episodes={args.eval_episodes}", *args.set],
-                offline=str(logs), log=lambda s: print(f"  {s}", flush=True) if s.startswith("iter") else None)
-    train_s = time.perf_counter() - t0
+    trained = {}
+    for label, ips in (("offline agent, 1/p-weighted", True), ("offline agent, unweighted", False)):
+        t0 = time.perf_counter()
+        res = train(args.config, [f"run.output_dir={out / 'runs'}", f"run.iterations={args.iterations}",
+                                  "run.eval_episodes=50", *args.set, f"dqn.ips_weights={ips}"],
+                    offline=str(logs), log=lambda s: print(f"  {s}", flush=True) if s.startswith("iter") else None)
+        trained[label] = (res.checkpoint, time.perf_counter() - t0)
 
     n, seed = args.eval_episodes, cfg.run.eval_seed
     values: dict[str, tuple[float, float]] = {}
@@ -82,25 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         values[name] = (s["return_mean"], s["return_ci95"])
     logged_returns = np.array([sum(r["reward"] for r in ep) for ep in rollout(cfg.env, behaviour, n, seed=seed)])
     values[f"logging: {behaviour.policy_id}"] = _summary(logged_returns)
-    s = evaluate_module(load_module(res.checkpoint), cfg.env, n, seed).summary()
-    values["offline agent (greedy)"] = (s["return_mean"], s["return_ci95"])
-    if args.online:
-        online_cfg = checkpoint_config(args.online)
-        if online_cfg.env != cfg.env:
-            print(f"--online {args.online}: trained on a different env config; skipped", file=sys.stderr)
-        else:
-            s = evaluate_module(load_module(args.online), cfg.env, n, seed).summary()
-            values["online agent (greedy)"] = (s["return_mean"], s["return_ci95"])
+    for label, (ckpt, _) in trained.items():
+        s = evaluate_module(load_module(ckpt), cfg.env, n, seed).summary()
+        values[label] = (s["return_mean"], s["return_ci95"])
+    if online is not None:
+        s = evaluate_module(load_module(online), cfg.env, n, seed).summary()
+        values["online agent (greedy)"] = (s["return_mean"], s["return_ci95"])
 
     logging_value = values[f"logging: {behaviour.policy_id}"][0]
     myopic = values["myopic_oracle"][0]
-    order = ["random", f"logging: {behaviour.policy_id}", "offline agent (greedy)", "online agent (greedy)",
+    order = ["random", f"logging: {behaviour.policy_id}", *trained, "online agent (greedy)",
              "myopic_oracle", "planning_oracle"]
     rows = [[k, f"{values[k][0]:.2f} ± {values[k][1]:.2f}", f"{100 * values[k][0] / logging_value:.0f}%",
              f"{100 * values[k][0] / myopic:.1f}%"] for k in order if k in values]
     print(format_table(["policy", "return", "% logging", "% myopic"], rows))
-    print(f"{cfg.name}: {n} held-out episodes (seeds {seed}+); offline: {collected.rows:,} logged transitions, "
-          f"{args.iterations} iterations, {train_s:.0f}s, 0 env steps; checkpoint {res.checkpoint}")
+    print(f"{cfg.name}: {n} held-out episodes (seeds {seed}+), greedy agents; offline: {collected.rows:,} logged "
+          f"transitions, {args.iterations} iterations each, 0 env steps")
+    for label, (ckpt, secs) in trained.items():
+        print(f"  {label}: {secs:.0f}s  {ckpt}")
     return 0
 
 
