@@ -38,6 +38,8 @@ bench: venv
 	$(PY) bench/env_throughput.py
 	$(PY) bench/inference.py
 	$(PY) bench/learning.py
+	$(PY) bench/ope.py
+	$(PY) bench/offline.py
 
 lint: venv
 	$(PY) -m ruff check .
