@@ -21,6 +21,7 @@ from rllib_rec.checkpoints import (
     checkpoint_config,
     checkpoint_meta,
     latest_checkpoint,
+    load_module,
     remove_partial_checkpoints,
     write_checkpoint,
 )
@@ -183,6 +184,7 @@ def train(
         if start_ckpt is None:
             raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from")
         _check_same_model(saved, checkpoint_config(start_ckpt), str(start_ckpt))
+        load_module(start_ckpt)  # a corrupt checkpoint is refused here, before any tracking or Ray work
         state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
         state.setdefault("mlflow_run_id", checkpoint_meta(start_ckpt).get("mlflow_run_id"))
     else:
@@ -317,7 +319,6 @@ def train(
             raise CheckpointError(f"{run_dir}: nothing to do (already at iteration {first_iter - 1})")
 
         # 4. Evaluation beside the baselines, learning curve, final records -------------------------
-        from rllib_rec.checkpoints import load_module
         from rllib_rec.evaluate import GREEDY_NAME, evaluation_table
         from rllib_rec.report import policy_table
 
