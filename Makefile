@@ -40,6 +40,7 @@ bench: venv
 	$(PY) bench/learning.py
 	$(PY) bench/ope.py
 	$(PY) bench/offline.py
+	$(PY) bench/faults.py
 
 lint: venv
 	$(PY) -m ruff check .
