@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue RUN (run directory or name under run.output_dir) "
                    "from its last complete checkpoint; --set run.iterations=N extends it")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+    p.add_argument("--no-tracking", action="store_true", help="train without MLflow (metrics.jsonl, checkpoints "
+                   "and evaluation are still written to the run directory)")
     p.add_argument("--offline", metavar="LOGS", help="learn from a Parquet interaction log (`rllib-rec collect`) "
                    "instead of the simulator: the replay buffer is filled once from the log (behaviour "
                    "probabilities drive the IPS weights) and no env step is taken; the simulator only "
@@ -134,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage_path>/<name>")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+    p.add_argument("--no-tracking", action="store_true", help="sweep without MLflow (trials, best.json and "
+                   "trials.txt are still written)")
 
     p = sub.add_parser(
         "submit",
@@ -231,8 +235,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if not args.config and not args.resume:
         raise CLIError("give --config FILE (or --resume RUN)")
+    if args.no_tracking and args.tracking_uri:
+        raise CLIError("--no-tracking and --tracking-uri contradict each other; give one")
     result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
-                   offline=args.offline)
+                   offline=args.offline, track=not args.no_tracking)
     print("\n".join(summary_lines(result)))
 
 
@@ -281,8 +287,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_tune(args: argparse.Namespace) -> None:
     from rllib_rec.sweep import run_sweep
 
+    if args.no_tracking and args.tracking_uri:
+        raise CLIError("--no-tracking and --tracking-uri contradict each other; give one")
     res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
-                    log=lambda s: print(s, file=sys.stderr))
+                    log=lambda s: print(s, file=sys.stderr), track=not args.no_tracking)
     print(f"best.json: {res.best_json}")
     print(f"best checkpoint: {res.best['checkpoint']}  ({res.best['metric']}={res.best['value']:.4g})")
 
@@ -466,12 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from rllib_rec.checkpoints import CheckpointError
-    from rllib_rec.tracking import TrackingError
+    from rllib_rec.tracking import TrackingError, redact
 
     try:
         rc = COMMANDS[args.command](args)
     except (ConfigError, CLIError, CheckpointError, TrackingError) as e:
-        print(f"rllib-rec {args.command}: error: {e}", file=sys.stderr)
+        # redact: a config error may quote the offending value, and a value may be a credentialed URL
+        print(f"rllib-rec {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except ValueError as e:
         # LogSchemaError (a ValueError) is matched without importing rllib_rec.logs here: that would load
@@ -479,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs = sys.modules.get("rllib_rec.logs")
         if logs is None or not isinstance(e, logs.LogSchemaError):
             raise
-        print(f"rllib-rec {args.command}: error: {e}", file=sys.stderr)
+        print(f"rllib-rec {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rllib-rec {args.command}: interrupted", file=sys.stderr)

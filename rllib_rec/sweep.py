@@ -423,8 +423,11 @@ def run_sweep(
     resume: bool = False,
     tracking_uri: str | None = None,
     log: Callable[[str], None] = print,
+    track: bool = True,
 ) -> SweepResult:
-    """Run (or ``resume``) the sweep; returns the sorted trial rows and where ``best.json`` went."""
+    """Run (or ``resume``) the sweep; returns the sorted trial rows and where ``best.json`` went.
+
+    ``track=False`` (``--no-tracking``): no MLflow logger for the trials and no "best" run."""
     from rllib_rec.runtime import use_torch_keras_backend
 
     use_torch_keras_backend()
@@ -441,8 +444,9 @@ def run_sweep(
     if local and not resume and sweep_dir.exists():
         raise CheckpointError(f"{sweep_dir}: sweep directory exists; use --resume, or --set sweep.name=NEW")
 
-    uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri)
-    connect(uri, exp.run.experiment, exp.run.output_dir)  # fail fast before Ray starts
+    uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri) if track else None
+    if uri:
+        connect(uri, exp.run.experiment, exp.run.output_dir)  # fail fast before Ray starts
 
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -474,14 +478,14 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
-                callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=exp.run.experiment,
-                                                tags={"sweep": scfg.name}, save_artifact=False),
+                callbacks=[*([MLflowLoggerCallback(tracking_uri=uri, experiment_name=exp.run.experiment,
+                                                   tags={"sweep": scfg.name}, save_artifact=False)] if uri else []),
                            _progress_callback(sw.metric, log)],
                 verbose=0,
             ),
         )
         log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}, "
-            f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri)})")
+            f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri) if uri else 'off'})")
     grid = tuner.fit()
     # Trial statuses as Tune saved them (the live objects fit() returns after Ctrl-C do not say PENDING).
     from ray.tune import ExperimentAnalysis
@@ -515,17 +519,18 @@ def run_sweep(
     atomic_write_text(best_json, json.dumps(best, indent=2))
     atomic_write_text(sweep_dir / "trials.txt", table + "\n")
 
-    import mlflow
+    if uri is not None:  # None: --no-tracking
+        import mlflow
 
-    experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scfg.name}-best"):
-        mlflow.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
-                         "checkpoint_path": str(best_ckpt)})
-        mlflow.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
-        mlflow.log_metric("best_value", best_row["value"])
-        mlflow.log_metric("max_concurrent_trials_observed", concurrency)
-        mlflow.log_artifact(str(best_json))
-        mlflow.log_artifact(str(sweep_dir / "trials.txt"))
+        experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scfg.name}-best"):
+            mlflow.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
+                             "checkpoint_path": str(best_ckpt)})
+            mlflow.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
+            mlflow.log_metric("best_value", best_row["value"])
+            mlflow.log_metric("max_concurrent_trials_observed", concurrency)
+            mlflow.log_artifact(str(best_json))
+            mlflow.log_artifact(str(sweep_dir / "trials.txt"))
     log(f"best trial {best_row['trial']}: {sw.metric}={best_row['value']:.4g}  checkpoint {best_ckpt}")
     log(f"best.json     : {best_json}")
     return SweepResult(sweep_dir, best_json, best, [{k: v for k, v in r.items() if k != "result"} for r in rows],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,15 @@ from rllib_rec.config import (
     parse_overrides,
     read_yaml,
 )
-from rllib_rec.tracking import connect, local_store_hint, redact, resolve_tracking_uri
+from rllib_rec.tracking import (
+    RunLogger,
+    TrackingError,
+    connect,
+    local_store_hint,
+    redact,
+    redact_values,
+    resolve_tracking_uri,
+)
 
 __all__ = ["TrainResult", "train", "iteration_metrics", "resolve_resume"]
 
@@ -45,10 +52,12 @@ _FROZEN_SECTIONS = ("env", "model", "dqn")
 class TrainResult:
     run_dir: Path
     checkpoint: Path
-    mlflow_run_id: str
-    tracking_uri: str
+    mlflow_run_id: str | None
+    tracking_uri: str | None  # None: trained with track=False (--no-tracking)
     iterations: int
     evaluation: dict[str, dict[str, float]]
+    unsent_file: Path | None = None  # MLflow records an outage left unsent (<run_dir>/mlflow_unsent.jsonl)
+    unsent_records: int = 0
 
 
 def _get(d: dict, *path: str, default: float = math.nan) -> float:
@@ -106,6 +115,16 @@ def _check_same_model(saved: ExperimentConfig, given: ExperimentConfig, source: 
                               "env, model and dqn cannot change on resume", source)
 
 
+def _redacted(cfg: ExperimentConfig, log: Callable[[str], None]) -> ExperimentConfig:
+    """The config with credentials in any string value hidden: it is recorded in the run directory,
+    checkpoints and MLflow, none of which may hold a secret (no config value needs one to work)."""
+    clean, keys = redact_values(cfg.to_dict())
+    if not keys:
+        return cfg
+    log(f"config value(s) {', '.join(keys)} carry credentials; redacted wherever this run records them")
+    return config_from_dict(clean, "<redacted config>")
+
+
 def _new_run_dir(cfg: ExperimentConfig) -> Path:
     base = Path(cfg.run.output_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
@@ -157,12 +176,16 @@ def train(
     tracking_uri: str | None = None,
     log: Callable[[str], None] = print,
     offline: str | None = None,
+    track: bool = True,
 ) -> TrainResult:
     """Train (or resume) a run; returns where everything went. Raises ConfigError/CheckpointError/
     TrackingError/LogSchemaError for user errors, before any training work where possible.
 
     ``offline``: a Parquet log (``rllib_rec.logs``) to learn from instead of the simulator (see
-    ``rllib_rec.offline``); a resumed offline run keeps using the log it started with."""
+    ``rllib_rec.offline``); a resumed offline run keeps using the log it started with.
+
+    ``track=False`` (``--no-tracking``): no MLflow at all; metrics.jsonl, checkpoints and the evaluation are
+    still written. An MLflow outage *during* a run never stops it (see ``tracking.RunLogger``)."""
     from rllib_rec.runtime import use_torch_keras_backend
 
     use_torch_keras_backend()
@@ -171,10 +194,11 @@ def train(
     state: dict[str, Any] = {}
     start_ckpt: Path | None = None
     if resume:
-        probe = load_config(config_path, overrides) if config_path else None
+        probe = _redacted(load_config(config_path, overrides), lambda s: None) if config_path else None
         run_dir = resolve_resume(resume, probe.run.output_dir if probe else "runs")
         saved = config_from_dict(read_yaml(run_dir / "experiment.yaml"), str(run_dir / "experiment.yaml"))
-        cfg = config_from_dict(merge_dicts(saved.to_dict(), parse_overrides(overrides)), f"{run_dir}/experiment.yaml + --set")
+        cfg = _redacted(config_from_dict(merge_dicts(saved.to_dict(), parse_overrides(overrides)),
+                                         f"{run_dir}/experiment.yaml + --set"), log)
         if probe is not None:
             _check_same_model(saved, probe, str(config_path))
         _check_same_model(saved, cfg, "--set")
@@ -188,7 +212,7 @@ def train(
         state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
         state.setdefault("mlflow_run_id", checkpoint_meta(start_ckpt).get("mlflow_run_id"))
     else:
-        cfg = load_config(config_path, overrides)
+        cfg = _redacted(load_config(config_path, overrides), log)
         run_dir = _new_run_dir(cfg)
     if resume and state.get("offline_logs"):
         if offline and Path(offline).resolve() != Path(state["offline_logs"]):
@@ -203,9 +227,8 @@ def train(
         data = load_offline_data(offline, cfg)  # validated before any tracking or training work
 
     # 2. Tracking: fail before any training work if the store is unusable -------------------------
-    uri = resolve_tracking_uri(cfg.run.output_dir, tracking_uri)
-    experiment_id = connect(uri, cfg.run.experiment, cfg.run.output_dir)
-    import mlflow
+    uri = resolve_tracking_uri(cfg.run.output_dir, tracking_uri) if track else None
+    experiment_id = connect(uri, cfg.run.experiment, cfg.run.output_dir) if uri else None
 
     # 3. Algorithm ----------------------------------------------------------------------------------
     from rllib_rec.algo import build_algo_config
@@ -230,8 +253,9 @@ def train(
     if start_ckpt is None:
         run_dir.mkdir(parents=True)
         atomic_write_text(run_dir / "experiment.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if config_path:
-            shutil.copyfile(config_path, run_dir / "source_config.yaml")
+        if config_path:  # redacted: a comment or value in the file may hold a credentialed URL
+            source_text = Path(config_path).read_text(encoding="utf-8")
+            atomic_write_text(run_dir / "source_config.yaml", redact(source_text))
 
     history: list[dict[str, float]] = []
     metrics_file = run_dir / "metrics.jsonl"
@@ -241,30 +265,34 @@ def train(
         # Iterations after the checkpoint we resume from are redone: drop their rows (a killed run logged them).
         atomic_write_text(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
-    run_kwargs: dict[str, Any] = {"experiment_id": experiment_id}
-    if state.get("mlflow_run_id"):
-        run_kwargs = {"run_id": state["mlflow_run_id"]}  # continue the same MLflow run
-    else:
-        run_kwargs["run_name"] = run_dir.name
     last_ckpt = start_ckpt
-    with mlflow.start_run(**run_kwargs) as run:
-        run_id = run.info.run_id
+    # A resumed run continues the same MLflow run; without tracking the id is kept for a later tracked resume.
+    try:
+        tracker = (RunLogger.start(uri, experiment_id, run_dir, log, run_id=state.get("mlflow_run_id"),
+                                   run_name=run_dir.name) if uri else
+                   RunLogger.disabled(run_dir, log, run_id=state.get("mlflow_run_id")))
+    except TrackingError:
+        algo.stop()
+        raise
+    with tracker:
+        run_id = tracker.run_id
         if not state.get("mlflow_run_id"):
-            mlflow.log_params({k: str(v)[:500] for k, v in cfg.flat_params().items()})
-            mlflow.set_tags({"run_dir": str(run_dir), "config_hash": cfg.config_hash(),
-                             "overrides": " ".join(overrides)[:5000], "mode": "offline" if data else "online"})
+            tracker.log_params({k: str(v)[:500] for k, v in cfg.flat_params().items()})
+            tracker.set_tags({"run_dir": str(run_dir), "config_hash": cfg.config_hash(),
+                              "overrides": " ".join(overrides)[:5000], "mode": "offline" if data else "online"})
             if data is not None:
-                mlflow.set_tag("offline_logs", str(data.path.resolve()))
-            mlflow.log_artifact(str(run_dir / "experiment.yaml"))
+                tracker.set_tags({"offline_logs": str(data.path.resolve())})
+            tracker.log_artifact(run_dir / "experiment.yaml")
             if config_path:
-                mlflow.log_artifact(str(config_path))
+                tracker.log_artifact(run_dir / "source_config.yaml", name=Path(config_path).name)
         else:
-            mlflow.set_tag("resumed_from", str(start_ckpt))
+            tracker.set_tags({"resumed_from": str(start_ckpt)})
         state = {"mlflow_run_id": run_id, "iteration": first_iter - 1,
                  "last_checkpoint": str(last_ckpt) if last_ckpt else None,
                  "offline_logs": str(data.path.resolve()) if data else None}
         atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
-        log(f"run {run_dir}  (MLflow run {run_id} at {redact(uri)})")
+        log(f"run {run_dir}  "
+            + (f"(MLflow run {run_id} at {redact(uri)})" if uri else "(MLflow off: --no-tracking)"))
         if first_iter > 1:
             log(f"resuming from {start_ckpt} at iteration {first_iter}")
 
@@ -289,8 +317,9 @@ def train(
             history.append(m)
             with metrics_file.open("a") as f:
                 f.write(json.dumps(m) + "\n")
-            mlflow.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)},
-                               step=int(m["env_steps"] if data is None else m["replayed_steps"]))
+            tracker.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)},
+                                step=int(m["env_steps"] if data is None else m["replayed_steps"]))
+            tracker.flush()  # once per iteration: retry what an MLflow outage left queued
             saved_note = ""
             if it % cfg.run.checkpoint_every == 0 or it == cfg.run.iterations:
                 last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
@@ -298,7 +327,7 @@ def train(
                                               "config_hash": cfg.config_hash()})
                 state.update(iteration=it, last_checkpoint=str(last_ckpt))
                 atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
-                mlflow.set_tag("checkpoint_path", str(last_ckpt))
+                tracker.set_tags({"checkpoint_path": str(last_ckpt)})
                 saved_note = f"  ckpt {last_ckpt.name}"
             if data is None:
                 faults = m["env_step_failures"] + m["env_runner_restarts"]
@@ -336,20 +365,24 @@ def train(
                              f"{cfg.name} ({cfg.env.preset})")
         for name, s in evaluation.items():
             key = {GREEDY_NAME: "agent", "logging policy (logs)": "logging_policy"}.get(name, name)
-            mlflow.log_metric(f"eval/{key}/return_mean", s["return_mean"])
-            mlflow.log_metric(f"eval/{key}/return_ci95", s["return_ci95"])
+            tracker.log_metrics({f"eval/{key}/return_mean": s["return_mean"],
+                                 f"eval/{key}/return_ci95": s["return_ci95"]}, step=0)
         for name in ("evaluation.txt", "evaluation.json", "learning_curve.png", "metrics.jsonl"):
-            mlflow.log_artifact(str(run_dir / name))
-        mlflow.set_tag("checkpoint_path", str(last_ckpt))
+            tracker.log_artifact(run_dir / name)
+        tracker.set_tags({"checkpoint_path": str(last_ckpt)})
         log(f"wall time {time.perf_counter() - t_start:.0f}s")
-    return TrainResult(run_dir, last_ckpt, run_id, uri, cfg.run.iterations, evaluation)
+        tracker.close()  # last retry; what is still unsent goes to <run_dir>/mlflow_unsent.jsonl
+    return TrainResult(run_dir, last_ckpt, run_id, uri, cfg.run.iterations, evaluation,
+                       tracker.unsent_file, tracker.unsent_records)
 
 
 def summary_lines(res: TrainResult) -> list[str]:
-    return [
-        f"run directory : {res.run_dir}",
-        f"checkpoint    : {res.checkpoint}",
-        f"MLflow        : {redact(res.tracking_uri)}  run {res.mlflow_run_id}",
-        f"browse        : {local_store_hint(res.tracking_uri)}",
-    ]
+    lines = [f"run directory : {res.run_dir}", f"checkpoint    : {res.checkpoint}"]
+    if res.tracking_uri is None:
+        return [*lines, f"MLflow        : off (--no-tracking); metrics in {res.run_dir / 'metrics.jsonl'}"]
+    lines.append(f"MLflow        : {redact(res.tracking_uri)}  run {res.mlflow_run_id}")
+    if res.unsent_file is not None:
+        lines.append(f"MLflow unsent : {res.unsent_records} record(s) the store refused, kept in "
+                     f"{res.unsent_file}")
+    return [*lines, f"browse        : {local_store_hint(res.tracking_uri)}"]
 
