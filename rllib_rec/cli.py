@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, metavar="N",
+                   help="refuse request bodies over N bytes with 413 (default 65536)")
 
     p = sub.add_parser(
         "demo",
@@ -268,7 +270,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from rllib_rec.serve import ServeError, run_server
 
     try:
-        run_server(args.model, host=args.host, port=args.port, threads=args.threads)
+        run_server(args.model, host=args.host, port=args.port, threads=args.threads,
+                   max_body_bytes=args.max_body_bytes)
     except ServeError as e:
         raise CLIError(str(e)) from None
 

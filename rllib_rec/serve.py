@@ -17,7 +17,12 @@ API (JSON):
   ``1..n_items`` and at most ``len(candidates)`` items come back, best first (ties: lower id first).
 * ``GET /health`` -> model facts and the heavy-import check.
 
-Invalid requests get 422 with one readable ``detail`` line. Inference (~20 µs) runs inline on the event
+Invalid requests get 422 with one readable ``detail`` line; a body that is not JSON at all 400 or 422; a
+body over ``max_body_bytes`` (default 64 KiB, ``--max-body-bytes``) 413, decided from ``Content-Length``
+before any of it is read, or for a streamed (chunked) body as soon as the limit is passed, so an oversized
+body is never held in memory. Every 4xx body is ``{"detail": "<one line>"}``. At start-up the ``.tflite``
+is checked against its sidecar (format, byte size) and LiteRT's own verifier, so a truncated, empty or
+swapped file is refused with one line naming it. Inference (~20 µs) runs inline on the event
 loop under a lock, so one interpreter is never entered by two threads; scale out with more processes
 (see the README's Ray Serve section), not threads.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -36,8 +42,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "HEAVY_MODULES",
     "MAX_HISTORY",
+    "SIDECAR_FORMAT",
+    "BodyLimit",
     "RecommendRequest",
     "Recommender",
     "RequestError",
@@ -49,6 +58,12 @@ __all__ = [
 
 HEAVY_MODULES = ("tensorflow", "torch", "keras", "ray")
 MAX_HISTORY = 10_000  # longer requests are refused (only the last history_length events are used anyway)
+# Ample for any useful request (a full history plus an explicit candidate list of a few thousand ids);
+# anything bigger is a mistake or abuse, and is refused before it is read into memory.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# What rllib_rec.export writes; a copy, not an import, so serving stays off the training stack (a test
+# checks the two agree).
+SIDECAR_FORMAT = "rllib-rec-tflite/1"
 _INPUTS = ("items", "events", "action_mask")
 
 
@@ -60,9 +75,39 @@ class RequestError(ValueError):
     """A request is invalid; the message is returned as the 422 ``detail``."""
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    """repr() clipped to one short line: error messages echo client input, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def heavy_modules_loaded() -> dict[str, bool]:
     """Which of TensorFlow/torch/Keras/Ray this process has imported (the serving contract: none)."""
     return {name: name in sys.modules for name in HEAVY_MODULES}
+
+
+class _NativeStderr:
+    """Collects what native code writes to file descriptor 2 while active (Python's sys.stderr included)."""
+
+    text = ""
+
+    def __enter__(self) -> _NativeStderr:
+        sys.stderr.flush()
+        self._tmp = tempfile.TemporaryFile()
+        try:
+            self._saved: int | None = os.dup(2)
+            os.dup2(self._tmp.fileno(), 2)
+        except OSError:  # no fd 2 to redirect (a detached process): nothing to hold back
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read().decode("utf-8", "replace")
+        self._tmp.close()
 
 
 class Recommender:
@@ -82,21 +127,44 @@ class Recommender:
             raise ServeError(f"--threads must be >= 1, got {threads}")
         try:
             self.meta: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
+            if not isinstance(self.meta, dict):
+                raise ValueError(f"a JSON {type(self.meta).__name__}, not an object")
+            if self.meta.get("format") != SIDECAR_FORMAT:
+                raise ValueError(f"format is {_show(self.meta.get('format'))}, expected {SIDECAR_FORMAT!r}")
             self.n_items = int(self.meta["n_items"])
             self.history_length = int(self.meta["history_length"])
             codes = {str(k): int(v) for k, v in self.meta["event_codes"].items()}
             signature = str(self.meta.get("signature", "serving_default"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ServeError(f"{sidecar}: not an rllib-rec export sidecar ({type(e).__name__}: {e})") from None
+            raise ServeError(f"{sidecar}: not an rllib-rec export sidecar ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from None
+        # A truncated or swapped model file is caught here by its size, before LiteRT parses it; LiteRT's
+        # flatbuffer verifier then refuses same-size garbage.
+        size = path.stat().st_size
+        if size == 0:
+            raise ServeError(f"{model_path}: model file is empty")
+        expected = self.meta.get("size_bytes")
+        if expected != size:
+            raise ServeError(f"{model_path}: {size} bytes, but its sidecar {sidecar.name} says "
+                             f"{_show(expected)} (truncated, or not the file that sidecar describes)")
         self.event_codes = {k: v for k, v in codes.items() if v > 0}  # "pad" (0) is not an event
         self._event_by_name = {k.lower(): v for k, v in self.event_codes.items()}
         self._valid_codes = set(self.event_codes.values())
         self.path = path
 
+        # LiteRT's C++ runtime logs straight to fd 2 (e.g. its XNNPACK note): held back while loading, so a
+        # refused model is exactly one line of error, and replayed once the model has loaded.
+        with _NativeStderr() as native:
+            self._load(model_path, signature, threads)
+        if native.text:
+            sys.stderr.write(native.text)
+
+    def _load(self, model_path: str | os.PathLike[str], signature: str, threads: int) -> None:
+        """The interpreter, checked against the sidecar (ServeError naming the file if it does not fit)."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interp = Interpreter(model_path=str(path), num_threads=int(threads))
+            self._interp = Interpreter(model_path=str(self.path), num_threads=int(threads))
             self._interp.allocate_tensors()
             runner = self._interp.get_signature_runner(signature)
             inputs = runner.get_input_details()
@@ -125,17 +193,17 @@ class Recommender:
         if isinstance(e, str):
             code = self._event_by_name.get(e.strip().lower())
             if code is None:
-                raise RequestError(f"events[{i}]: unknown event {e!r} (use one of "
+                raise RequestError(f"events[{i}]: unknown event {_show(e)} (use one of "
                                    f"{', '.join(self.event_codes)} or codes {sorted(self._valid_codes)})")
             return code
         if isinstance(e, bool) or not isinstance(e, int) or e not in self._valid_codes:
-            raise RequestError(f"events[{i}]: unknown event code {e!r} (valid: {sorted(self._valid_codes)} = "
+            raise RequestError(f"events[{i}]: unknown event code {_show(e)} (valid: {sorted(self._valid_codes)} = "
                                f"{', '.join(self.event_codes)})")
         return int(e)
 
     def _check_item(self, field: str, i: int, item: Any) -> int:
         if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < self.n_items:
-            raise RequestError(f"{field}[{i}]: unknown item id {item!r} (valid ids are 0..{self.n_items - 1})")
+            raise RequestError(f"{field}[{i}]: unknown item id {_show(item)} (valid ids are 0..{self.n_items - 1})")
         return int(item)
 
     def encode(self, items: Sequence[Any], events: Sequence[Any],
@@ -179,7 +247,7 @@ class Recommender:
                   k: int = 10) -> list[dict[str, float | int]]:
         """Top-k candidates by Q-value, best first (RequestError on invalid input)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n_items:
-            raise RequestError(f"k: must be an integer in 1..{self.n_items}, got {k!r}")
+            raise RequestError(f"k: must be an integer in 1..{self.n_items}, got {_show(k)}")
         x, cand = self.encode(items, events, candidates)
         q = self.q_values(x)
         cand_arr = np.asarray(cand)
@@ -220,13 +288,91 @@ def _request_model():
 RecommendRequest = _request_model()
 
 
-def create_app(recommender: Recommender) -> Any:
-    """The FastAPI app (also what a Ray Serve deployment would wrap)."""
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 and never reaches the app or memory.
+
+    A declared ``Content-Length`` over the limit is refused before any of the body is read (with
+    ``Expect: 100-continue`` the client is not even asked to send it); otherwise the body is read here, at
+    most ``max_bytes`` of it, and replayed to the app, so a chunked body is cut off as soon as it passes
+    the limit. The 413 closes the connection: the rest of the body is left unread, so the connection
+    cannot be reused.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name.lower() == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:  # uvicorn rejects these itself; the running count below still holds
+                    break
+                if declared > self.max_bytes:
+                    await self._refuse(send)
+                    return
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away mid-body: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> dict[str, Any]:
+            # The buffered body once, then the server's own receive (which reports the disconnect).
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes "
+                                     "(the server's --max-body-bytes limit)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _loc(parts: Sequence[Any]) -> str:
+    # A field name in the error comes from the client (an unknown key): clipped and escaped, so the detail
+    # stays one short line and always encodes as UTF-8 (a lone surrogate in a key would not).
+    out = []
+    for p in parts:
+        if p == "body":
+            continue
+        text = str(p) if isinstance(p, int) or str(p).isidentifier() else ascii(str(p))
+        out.append(text if len(text) <= 40 else text[:37] + "...")
+    return ".".join(out)
+
+
+def _check_max_body_bytes(max_body_bytes: int) -> int:
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ServeError(f"--max-body-bytes must be a positive integer, got {max_body_bytes!r}")
+    return max_body_bytes
+
+
+def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+    """The FastAPI app (also what a Ray Serve deployment would wrap); bodies over max_body_bytes get 413."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="rllib-rec", description="Long-term-engagement recommendations from a TFLite Q-network")
+    app.add_middleware(BodyLimit, max_bytes=_check_max_body_bytes(max_body_bytes))
     started = time.time()
 
     @app.exception_handler(RequestValidationError)
@@ -236,8 +382,7 @@ def create_app(recommender: Recommender) -> Any:
             if err.get("type") == "json_invalid":
                 msgs.append("body: not valid JSON")
                 continue
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            msgs.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+            msgs.append(f"{_loc(err.get('loc', ())) or 'body'}: {err.get('msg', 'invalid')}")
         return JSONResponse(status_code=422, content={"detail": "; ".join(msgs)})
 
     @app.exception_handler(RequestError)
@@ -247,7 +392,8 @@ def create_app(recommender: Recommender) -> Any:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - started, 3), "pid": os.getpid(),
-                **recommender.info(), "heavy_modules_loaded": heavy_modules_loaded()}
+                **recommender.info(), "max_body_bytes": max_body_bytes,
+                "heavy_modules_loaded": heavy_modules_loaded()}
 
     @app.post("/recommend")
     async def recommend(req: RecommendRequest) -> dict[str, Any]:  # type: ignore[valid-type]
@@ -259,10 +405,12 @@ def create_app(recommender: Recommender) -> Any:
     return app
 
 
-def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, threads: int = 1) -> None:
+def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Load the model and serve until interrupted (ServeError for a bad model or option)."""
     if not 0 <= int(port) <= 65535:
         raise ServeError(f"--port must be in 0..65535, got {port}")
+    _check_max_body_bytes(max_body_bytes)
     rec = Recommender(model, threads=threads)
     import socket
 
@@ -278,7 +426,8 @@ def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int
         print(f"warning: binding {host}: the API has no authentication; put it behind a proxy", file=sys.stderr)
     print(f"serving {rec.path} ({rec.meta.get('quantization')}, {rec.n_items} items, history "
           f"{rec.history_length}) on http://{host}:{port}  POST /recommend  GET /health", file=sys.stderr)
-    uvicorn.run(create_app(rec), host=host, port=int(port), log_level="warning", access_log=False)
+    uvicorn.run(create_app(rec, max_body_bytes), host=host, port=int(port), log_level="warning",
+                access_log=False)
 
 
 if __name__ == "__main__":  # `python -m rllib_rec.serve --model m.tflite`: same as `rllib-rec serve`
