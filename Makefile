@@ -41,6 +41,7 @@ bench: venv
 	$(PY) bench/ope.py
 	$(PY) bench/offline.py
 	$(PY) bench/faults.py
+	$(PY) bench/serve_load.py
 
 lint: venv
 	$(PY) -m ruff check .
