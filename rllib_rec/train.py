@@ -147,27 +147,22 @@ def _plot_learning_curve(history: list[dict[str, float]], baselines: dict[str, d
                 label="TD loss (offline, logged transitions)")
         ax.set_xlabel("replayed steps (updates x batch / replay ratio)")
         ax.set_ylabel("TD loss")
-        ax.set_title(title)
-        ax.legend(loc="upper right", fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return
-    xs = [h["env_steps"] for h in history]
-    ax.plot(xs, [h["episode_return_mean"] for h in history], marker="o", label="agent (training episodes)")
-    for name, style in (("random", ":"), ("myopic_oracle", "--"), ("planning_oracle", "-.")):
-        if name in baselines:
-            ax.axhline(baselines[name]["return_mean"], linestyle=style, color="gray", label=name)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("mean episode return")
+        legend_loc = "upper right"
+    else:
+        xs = [h["env_steps"] for h in history]
+        ax.plot(xs, [h["episode_return_mean"] for h in history], marker="o", label="agent (training episodes)")
+        for name, style in (("random", ":"), ("myopic_oracle", "--"), ("planning_oracle", "-.")):
+            if name in baselines:
+                ax.axhline(baselines[name]["return_mean"], linestyle=style, color="gray", label=name)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("mean episode return")
+        legend_loc = "lower right"
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc=legend_loc, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
 
 def train(
     config_path: str | None,

@@ -41,3 +41,33 @@ def exported(trained_debug, tmp_path_factory):
                "dynamic-int8", "--out", str(out)])
     assert rc == 0
     return out
+
+
+def start_serve(cmd: list[str], env: dict[str, str]):  # noqa: ANN201 — (port, Popen)
+    """Start ``cmd`` (an `rllib-rec serve ...` command line) on a free loopback port and wait for /health.
+
+    Shared by the serving tests; the caller terminates the returned process."""
+    import http.client
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return port, proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.communicate()[0][-2000:]}")
+        time.sleep(0.2)

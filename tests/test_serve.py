@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
+from conftest import start_serve
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -24,12 +23,6 @@ ROOT = pathlib.Path(__file__).parent.parent
 def _cli() -> list[str]:
     script = pathlib.Path(sys.executable).parent / "rllib-rec"
     return [str(script)] if script.exists() else [sys.executable, "-m", "rllib_rec"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(base: str, path: str, body: object | None = None, raw: bytes | None = None) -> tuple[int, dict]:
@@ -45,23 +38,9 @@ def _call(base: str, path: str, body: object | None = None, raw: bytes | None = 
 
 @pytest.fixture(scope="module")
 def server(exported):
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    proc = subprocess.Popen([*_cli(), "serve", "--model", str(exported / "model.tflite"), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, proc = start_serve([*_cli(), "serve", "--model", str(exported / "model.tflite")], env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            status, _ = _call(base, "/health")
-            if status == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stdout.read()[-2000:]}")
-        time.sleep(0.2)
     yield base, proc
     proc.terminate()
     proc.wait(timeout=10)

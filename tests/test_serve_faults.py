@@ -25,9 +25,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import start_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -138,24 +138,7 @@ def client(rec):
 @pytest.fixture(scope="module")
 def small_server(model):
     """`rllib-rec serve --max-body-bytes 16384` as a real subprocess on a free loopback port."""
-    port = _free_port()
-    proc = subprocess.Popen(_serve_cmd("--model", str(model), "--port", str(port),
-                                       "--max-body-bytes", str(SMALL_LIMIT)),
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.communicate()[0][-2000:]}")
-        time.sleep(0.2)
+    port, proc = start_serve(_serve_cmd("--model", str(model), "--max-body-bytes", str(SMALL_LIMIT)), _env())
     yield port, proc
     proc.terminate()
     proc.wait(timeout=10)
