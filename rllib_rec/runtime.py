@@ -56,7 +56,10 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):  # a driver joining a running cluster (e.g. on the head node)
         ray.init(runtime_env={"env_vars": dict(KERAS_ENV)}, **kwargs)
         return
+    # address="local": without it Ray joins whatever `ray start` cluster this machine last started
+    # (/tmp/ray/ray_current_cluster) instead of starting the private instance a local run promises.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         runtime_env={"env_vars": dict(KERAS_ENV)},

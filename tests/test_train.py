@@ -163,3 +163,22 @@ def test_unreachable_tracking_uri_fails_before_training(tmp_path) -> None:
                env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     _one_line_error(out, "MLflow tracking URI http://127.0.0.1:9 is unreachable")
     assert not any(tmp_path.glob("debug-*"))  # no run directory was created
+
+
+def test_local_run_starts_a_private_ray_instead_of_joining_a_ray_start_cluster(monkeypatch) -> None:
+    """Without RAY_ADDRESS, Ray's own default (address=None) joins the cluster `ray start` last left in
+    /tmp/ray/ray_current_cluster; a local run must start its own instance instead."""
+    import ray
+
+    from rllib_rec import runtime
+
+    calls: list[dict] = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    runtime.init_ray(num_cpus=2)
+    assert len(calls) == 1 and calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # an explicit cluster is still joined
+    runtime.init_ray()
+    assert "address" not in calls[1]
