@@ -41,20 +41,30 @@ def bench_preset(preset: str, episodes: int, overrides: list[str], out: Path) ->
     history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     wall = {h["iteration"]: sum(x["seconds"] for x in history if x["iteration"] <= h["iteration"]) for h in history}
     steps = {h["iteration"]: h["env_steps"] for h in history}
-    rows = []
+    validation = json.loads((res.run_dir / "state.json").read_text()).get("validation", {})
+    rows, selected = [], None
     for ckpt in sorted((res.run_dir / "checkpoints").glob("iter_*")):
         it = int(ckpt.name.split("_")[1])
         s = evaluate_module(load_module(ckpt), cfg.env, episodes, seed).summary()
         r = s["return_mean"]
-        rows.append([preset, it, f"{steps[it]:,.0f}", f"{wall[it]:.0f}", f"{r:.2f} ± {s['return_ci95']:.2f}",
-                     f"{100 * r / base['myopic_oracle']:.1f}%", f"{100 * r / base['planning_oracle']:.1f}%"])
+        v = validation.get(ckpt.name)
+        rows.append([preset, it, f"{steps[it]:,.0f}", f"{wall[it]:.0f}", "-" if v is None else f"{v:.2f}",
+                     f"{r:.2f} ± {s['return_ci95']:.2f}", f"{100 * r / base['myopic_oracle']:.1f}%",
+                     f"{100 * r / base['planning_oracle']:.1f}%"])
+        if ckpt == res.checkpoint and validation:
+            selected = rows[-1]
     total_steps, total_wall = history[-1]["env_steps"], wall[history[-1]["iteration"]]
-    lines = [format_table(["preset", "iter", "env steps", "wall s", "greedy return", "% myopic", "% planning"], rows),
+    lines = [format_table(["preset", "iter", "env steps", "wall s", "validation", "greedy return", "% myopic",
+                           "% planning"], rows),
              f"{preset}: random {base['random']:.2f}  myopic oracle {base['myopic_oracle']:.2f}  "
              f"planning oracle {base['planning_oracle']:.2f}  ({episodes} held-out episodes, seeds {seed}+)",
              f"{preset}: training throughput {total_steps / total_wall:,.0f} env steps/s "
              f"(replay ratio {cfg.dqn.training_intensity}, {cfg.run.num_envs_per_env_runner} envs, "
              f"{cfg.run.num_env_runners} remote env runners)"]
+    if selected is not None:
+        lines.append(f"{preset}: selected on validation ({cfg.run.validation_episodes} episodes, seeds "
+                     f"{cfg.run.validation_seed}+): iter {selected[1]}, held-out return {selected[5]} = "
+                     f"{selected[6]} of myopic, {selected[7]} of planning")
     return lines
 
 

@@ -6,6 +6,8 @@ A run directory::
       experiment.yaml            resolved config of the run
       state.json                 {"mlflow_run_id", "iteration", "last_checkpoint"} (atomic replace)
       metrics.jsonl              one line per iteration
+      best.json                  with run.validation_episodes > 0: {"checkpoint": "checkpoints/iter_…", ...},
+                                 the checkpoint with the best validation return (what a run dir resolves to)
       checkpoints/iter_000010/   RLlib algorithm checkpoint + experiment.yaml + rllib_rec.json
 
 A checkpoint is written into a hidden temp directory next to its final place and renamed into place
@@ -39,8 +41,11 @@ __all__ = [
     "module_path",
     "load_module",
     "resolve_checkpoint",
+    "selected_checkpoint",
+    "BEST_FILE",
 ]
 
+BEST_FILE = "best.json"
 CHECKPOINT_META = "rllib_rec.json"
 CONFIG_FILE = "experiment.yaml"
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
@@ -102,12 +107,31 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(ckpts)[1] if ckpts else None
 
 
+def selected_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run selected on validation seeds (``<run_dir>/best.json``), or None without one."""
+    f = run_dir / BEST_FILE
+    if not f.is_file():
+        return None
+    try:
+        name = json.loads(f.read_text(encoding="utf-8"))["checkpoint"]
+        ckpt = (run_dir / name).resolve()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f}: not a run's best.json ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    if not (ckpt.is_dir() and _is_complete(ckpt)):
+        raise CheckpointError(f"{f}: names {ckpt}, which is not a complete checkpoint")
+    return ckpt
+
+
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """Accept a checkpoint dir or a run dir (-> its latest complete checkpoint)."""
+    """Accept a checkpoint dir or a run dir (-> the checkpoint it selected on validation seeds, else its
+    latest complete checkpoint)."""
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if p.is_dir() and (p / "checkpoints").is_dir():
+        selected = selected_checkpoint(p)
+        if selected is not None:
+            return selected
         latest = latest_checkpoint(p)
         if latest is None:
             raise CheckpointError(f"{path}: run has no complete checkpoint")

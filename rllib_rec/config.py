@@ -110,6 +110,13 @@ class RunSettings:
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and always at the end)", min=1)
     eval_episodes: int = spec(200, "greedy evaluation episodes at the end of a run", min=1)
     eval_seed: int = spec(1_000_000, "first seed of the held-out evaluation episodes", min=0)
+    # Model selection on seeds the final evaluation never sees: the greedy return oscillates by a few
+    # percent between late checkpoints, so the last one is a noisy pick.
+    validation_episodes: int = spec(
+        0, "greedy episodes on validation seeds after each checkpoint; the best checkpoint becomes the run's "
+        "selected one (best.json) and is the one evaluated, exported and served. 0 = off: the last one", min=0
+    )
+    validation_seed: int = spec(2_000_000, "first seed of the validation episodes (disjoint from eval seeds)", min=0)
     seed: int = spec(0, "seed of training", min=0)
     output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go")
     experiment: str = spec("rllib-rec", "MLflow experiment name")
@@ -158,6 +165,11 @@ class ExperimentConfig:
             raise ConfigError("dqn.epsilon_end", "must be <= dqn.epsilon_start")
         if self.faults.env_crash_rate + self.faults.env_hang_rate > 1.0:
             raise ConfigError("faults.env_hang_rate", "faults.env_crash_rate + faults.env_hang_rate must be <= 1")
+        r = self.run
+        if r.validation_episodes and (r.validation_seed < r.eval_seed + r.eval_episodes
+                                      and r.eval_seed < r.validation_seed + r.validation_episodes):
+            raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + r.validation_episodes - 1} "
+                              f"overlap the evaluation seeds {r.eval_seed}..{r.eval_seed + r.eval_episodes - 1}")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:
             raise ConfigError("dqn.train_batch_size", "must be <= dqn.replay_capacity")
 

@@ -15,6 +15,7 @@ import yaml
 
 from envs.schema import ConfigError, flatten
 from rllib_rec.checkpoints import (
+    BEST_FILE,
     CheckpointError,
     atomic_write_text,
     checkpoint_config,
@@ -22,6 +23,7 @@ from rllib_rec.checkpoints import (
     latest_checkpoint,
     load_module,
     remove_partial_checkpoints,
+    selected_checkpoint,
     write_checkpoint,
 )
 from rllib_rec.config import (
@@ -58,6 +60,7 @@ class TrainResult:
     evaluation: dict[str, dict[str, float]]
     unsent_file: Path | None = None  # MLflow records an outage left unsent (<run_dir>/mlflow_unsent.jsonl)
     unsent_records: int = 0
+    last_checkpoint: Path | None = None  # differs from `checkpoint` when run.validation_episodes selected another
 
 
 def _get(d: dict, *path: str, default: float = math.nan) -> float:
@@ -284,7 +287,8 @@ def train(
             tracker.set_tags({"resumed_from": str(start_ckpt)})
         state = {"mlflow_run_id": run_id, "iteration": first_iter - 1,
                  "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-                 "offline_logs": str(data.path.resolve()) if data else None}
+                 "offline_logs": str(data.path.resolve()) if data else None,
+                 "validation": state.get("validation", {})}
         atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
         log(f"run {run_dir}  "
             + (f"(MLflow run {run_id} at {redact(uri)})" if uri else "(MLflow off: --no-tracking)"))
@@ -320,10 +324,16 @@ def train(
                 last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
                                              {"mlflow_run_id": run_id, "env_steps": m["env_steps"],
                                               "config_hash": cfg.config_hash()})
+                saved_note = f"  ckpt {last_ckpt.name}"
+                if cfg.run.validation_episodes:
+                    tv = time.perf_counter()
+                    v = _validate(last_ckpt, cfg, run_dir, state["validation"])
+                    tracker.log_metrics({"validation_return": v}, step=int(m["env_steps"] if data is None
+                                                                              else m["replayed_steps"]))
+                    saved_note += f"  validation {v:.2f} ({time.perf_counter() - tv:.1f}s)"
                 state.update(iteration=it, last_checkpoint=str(last_ckpt))
                 atomic_write_text(run_dir / "state.json", json.dumps(state, indent=2))
                 tracker.set_tags({"checkpoint_path": str(last_ckpt)})
-                saved_note = f"  ckpt {last_ckpt.name}"
             if data is None:
                 faults = m["env_step_failures"] + m["env_runner_restarts"]
                 fault_note = (f"  env failures {m['env_step_failures']:.0f} runner restarts "
@@ -346,8 +356,17 @@ def train(
         from rllib_rec.evaluate import GREEDY_NAME, evaluation_table
         from rllib_rec.report import policy_table
 
-        log(f"evaluating greedy policy on {cfg.run.eval_episodes} held-out episodes ...")
-        evaluation = evaluation_table(load_module(last_ckpt), cfg.env, cfg.run.eval_episodes, cfg.run.eval_seed)
+        final_ckpt = last_ckpt
+        if cfg.run.validation_episodes:
+            final_ckpt = selected_checkpoint(run_dir) or last_ckpt
+            scores = state["validation"]
+            log(f"selected {final_ckpt.name} on validation (greedy return {scores.get(final_ckpt.name, math.nan):.2f} "
+                f"over {cfg.run.validation_episodes} episodes, seeds {cfg.run.validation_seed}+; last checkpoint "
+                f"{last_ckpt.name}: {scores.get(last_ckpt.name, math.nan):.2f}) -> {run_dir / BEST_FILE}")
+            tracker.set_tags({"selected_checkpoint_path": str(final_ckpt)})
+            tracker.log_artifact(run_dir / BEST_FILE)
+        log(f"evaluating greedy policy ({final_ckpt.name}) on {cfg.run.eval_episodes} held-out episodes ...")
+        evaluation = evaluation_table(load_module(final_ckpt), cfg.env, cfg.run.eval_episodes, cfg.run.eval_seed)
         if data is not None:
             from rllib_rec.offline import LOGGING_POLICY_NAME, logging_policy_stats
 
@@ -367,12 +386,33 @@ def train(
         tracker.set_tags({"checkpoint_path": str(last_ckpt)})
         log(f"wall time {time.perf_counter() - t_start:.0f}s")
         tracker.close()  # last retry; what is still unsent goes to <run_dir>/mlflow_unsent.jsonl
-    return TrainResult(run_dir, last_ckpt, run_id, uri, cfg.run.iterations, evaluation,
-                       tracker.unsent_file, tracker.unsent_records)
+    return TrainResult(run_dir, final_ckpt, run_id, uri, cfg.run.iterations, evaluation,
+                       tracker.unsent_file, tracker.unsent_records, last_ckpt)
+
+
+def _validate(ckpt: Path, cfg: ExperimentConfig, run_dir: Path, scores: dict[str, float]) -> float:
+    """Greedy return of ``ckpt`` on the validation seeds; records it in ``scores`` (kept in state.json) and
+    rewrites ``best.json`` (atomically) when it is the best so far. Same seeds for every checkpoint, so
+    checkpoints are compared on the same users."""
+    from rllib_rec.evaluate import evaluate_module
+
+    r = cfg.run
+    value = evaluate_module(load_module(ckpt), cfg.env, r.validation_episodes, r.validation_seed).summary()["return_mean"]
+    scores[ckpt.name] = value
+    live = {k: v for k, v in scores.items() if (run_dir / "checkpoints" / k).is_dir()}
+    best = max(live, key=lambda k: (live[k], k))
+    if best == ckpt.name:
+        atomic_write_text(run_dir / BEST_FILE, json.dumps(
+            {"checkpoint": f"checkpoints/{best}", "metric": "validation_return_mean", "value": value,
+             "iteration": checkpoint_meta(ckpt)["iteration"], "validation_episodes": r.validation_episodes,
+             "validation_seed": r.validation_seed}, indent=2))
+    return value
 
 
 def summary_lines(res: TrainResult) -> list[str]:
     lines = [f"run directory : {res.run_dir}", f"checkpoint    : {res.checkpoint}"]
+    if res.last_checkpoint is not None and res.last_checkpoint != res.checkpoint:
+        lines[-1] += f"  (selected on validation seeds; last: {res.last_checkpoint.name})"
     if res.tracking_uri is None:
         return [*lines, f"MLflow        : off (--no-tracking); metrics in {res.run_dir / 'metrics.jsonl'}"]
     lines.append(f"MLflow        : {redact(res.tracking_uri)}  run {res.mlflow_run_id}")

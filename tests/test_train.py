@@ -182,3 +182,42 @@ def test_local_run_starts_a_private_ray_instead_of_joining_a_ray_start_cluster(m
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # an explicit cluster is still joined
     runtime.init_ray()
     assert "address" not in calls[1]
+
+
+def test_validation_selects_the_best_checkpoint_and_survives_resume(tmp_path) -> None:
+    """run.validation_episodes > 0: every checkpoint is scored on validation seeds; best.json names the
+    best one, the final evaluation, `evaluate`/`export` of the run dir and TrainResult use it; a resume
+    keeps the earlier scores."""
+    from rllib_rec.checkpoints import resolve_checkpoint
+
+    sets = [f"run.output_dir={tmp_path}", "run.iterations=3", "run.checkpoint_every=1",
+            "run.validation_episodes=8", "run.eval_episodes=8"]
+    lines: list[str] = []
+    res = train(DEBUG, sets, log=lines.append, track=False)
+    scores = json.loads((res.run_dir / "state.json").read_text())["validation"]
+    assert sorted(scores) == ["iter_000001", "iter_000002", "iter_000003"]
+    best_name = max(scores, key=lambda k: (scores[k], k))
+    best = json.loads((res.run_dir / "best.json").read_text())
+    assert best["checkpoint"] == f"checkpoints/{best_name}" and best["value"] == scores[best_name]
+    assert res.checkpoint == resolve_checkpoint(res.run_dir) == res.run_dir / "checkpoints" / best_name
+    assert res.last_checkpoint == res.run_dir / "checkpoints" / "iter_000003"
+    assert any(line.startswith(f"selected {best_name} on validation") for line in lines)
+
+    res2 = train(None, ["run.iterations=4"], resume=str(res.run_dir), log=lambda s: None, track=False)
+    scores2 = json.loads((res.run_dir / "state.json").read_text())["validation"]
+    assert {k: scores2[k] for k in scores} == scores and "iter_000004" in scores2
+    assert res2.checkpoint.name == max(scores2, key=lambda k: (scores2[k], k))
+
+
+def test_validation_seeds_overlapping_eval_seeds_are_refused(tmp_path) -> None:
+    out = _cli("train", "--config", DEBUG, "--set", f"run.output_dir={tmp_path}", "--set",
+               "run.validation_episodes=10", "--set", "run.validation_seed=1000005")
+    _one_line_error(out, "run.validation_seed")
+    assert not any(tmp_path.iterdir())
+
+
+def test_corrupt_best_json_is_a_clear_error(tmp_path) -> None:
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "best.json").write_text('{"checkpoint": "checkpoints/iter_000009"}')
+    _one_line_error(_cli("evaluate", "--checkpoint", str(run_dir)), "not a complete checkpoint")
