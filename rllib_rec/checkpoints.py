@@ -42,6 +42,7 @@ __all__ = [
     "load_module",
     "resolve_checkpoint",
     "selected_checkpoint",
+    "checkpoint_named_by",
     "BEST_FILE",
 ]
 
@@ -107,16 +108,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(ckpts)[1] if ckpts else None
 
 
+def checkpoint_named_by(best_json: Path, error: type[Exception] = CheckpointError) -> Path:
+    """The path a ``best.json`` (``{"checkpoint": PATH, ...}``, from a sweep or a validated run) names; a
+    relative path is relative to the JSON file. Not checked further: pass it to `resolve_checkpoint`."""
+    try:
+        data = json.loads(best_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{best_json}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{best_json}: not readable JSON ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    ck = data.get("checkpoint") if isinstance(data, dict) else None
+    if not isinstance(ck, str) or not ck:
+        raise error(f"{best_json}: key 'checkpoint' must be a non-empty path string, got {ck!r}")
+    path = Path(ck).expanduser()
+    return path if path.is_absolute() else best_json.resolve().parent / path
+
+
 def selected_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a run selected on validation seeds (``<run_dir>/best.json``), or None without one."""
     f = run_dir / BEST_FILE
     if not f.is_file():
         return None
-    try:
-        name = json.loads(f.read_text(encoding="utf-8"))["checkpoint"]
-        ckpt = (run_dir / name).resolve()
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{f}: not a run's best.json ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    ckpt = checkpoint_named_by(f).resolve()
     if not (ckpt.is_dir() and _is_complete(ckpt)):
         raise CheckpointError(f"{f}: names {ckpt}, which is not a complete checkpoint")
     return ckpt

@@ -107,26 +107,13 @@ def model_filename(mode: str) -> str:
 def resolve_source(checkpoint: str | None = None, best: str | None = None) -> Path:
     """The checkpoint to export: ``--checkpoint`` (checkpoint or run dir) or ``--best best.json``, a JSON
     object ``{"checkpoint": path, ...}`` written by the sweep (a relative path is relative to the JSON)."""
-    from rllib_rec.checkpoints import resolve_checkpoint
+    from rllib_rec.checkpoints import checkpoint_named_by, resolve_checkpoint
 
     if (checkpoint is None) == (best is None):
         raise ExportError("give exactly one of --checkpoint PATH or --best best.json")
     if checkpoint is not None:
         return resolve_checkpoint(checkpoint)
-    path = Path(best).expanduser()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{best}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{best}: not readable JSON ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
-    ck = data.get("checkpoint") if isinstance(data, dict) else None
-    if not isinstance(ck, str) or not ck:
-        raise ExportError(f"{best}: key 'checkpoint' must be a non-empty path string, got {ck!r}")
-    ck_path = Path(ck).expanduser()
-    if not ck_path.is_absolute():
-        ck_path = path.resolve().parent / ck_path
-    return resolve_checkpoint(ck_path)
+    return resolve_checkpoint(checkpoint_named_by(Path(best).expanduser(), ExportError))
 
 
 def _run_dir(ckpt: Path) -> Path | None:
