@@ -126,6 +126,9 @@ class EpisodeStats:
     clicks: np.ndarray  # clicks including those that became purchases
     purchases: np.ndarray
     churned: np.ndarray  # bool: ended by patience running out
+    # Recommendations of clickbait items per episode: they pay now and cost patience and trust later, so
+    # their share is the plainest sign of whether a policy optimises beyond the next click.
+    clickbait: np.ndarray | None = None
 
     def summary(self) -> dict[str, float]:
         n = len(self.returns)
@@ -138,6 +141,8 @@ class EpisodeStats:
             "clicks_mean": float(self.clicks.mean()),
             "purchases_mean": float(self.purchases.mean()),
             "churn_rate": float(self.churned.mean()),
+            **({} if self.clickbait is None else
+               {"clickbait_share": float(self.clickbait.sum() / max(self.lengths.sum(), 1.0))}),
         }
 
 
@@ -151,14 +156,16 @@ def run_episodes(
     """Run ``n_episodes`` with seeds ``seed, seed+1, ...``; the same seeds give every policy the same users."""
     env = env or ECommerceEnv(config)
     rng = np.random.default_rng([seed, 7])  # the policy's own randomness, separate from the env's
-    out = {k: np.zeros(n_episodes) for k in ("returns", "lengths", "clicks", "purchases", "churned")}
+    out = {k: np.zeros(n_episodes) for k in ("returns", "lengths", "clicks", "purchases", "churned", "clickbait")}
     for ep in range(n_episodes):
         obs, _ = env.reset(seed=seed + ep)
         done = False
-        ret = length = clicks = purchases = 0.0
+        ret = length = clicks = purchases = clickbait = 0.0
         info: dict = {}
         while not done:
-            obs, r, term, trunc, info = env.step(policy(obs, env, rng))
+            action = policy(obs, env, rng)
+            clickbait += env.catalog.is_clickbait[action]
+            obs, r, term, trunc, info = env.step(action)
             ret += r
             length += 1
             clicks += info["event"] >= CLICK
@@ -167,4 +174,5 @@ def run_episodes(
         out["returns"][ep], out["lengths"][ep] = ret, length
         out["clicks"][ep], out["purchases"][ep] = clicks, purchases
         out["churned"][ep] = bool(info.get("churned", False))
+        out["clickbait"][ep] = clickbait
     return EpisodeStats(**{k: (v.astype(bool) if k == "churned" else v) for k, v in out.items()})

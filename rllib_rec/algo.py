@@ -32,6 +32,8 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
         # Shop metadata baked into the network as a constant table (the env's catalog is fixed by its seed).
         "item_categories": Catalog(cfg.env.catalog).category.tolist() if m.item_categories else None,
         "category_features": m.category_features,
+        "item_context": m.item_context,
+        "value_ledger": m.value_ledger,
     }
 
 

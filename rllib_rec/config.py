@@ -61,6 +61,12 @@ class ModelConfig:
     category_features: bool = spec(
         False, "add per-item counts of what happened to same-category history items (needs item_categories)"
     )
+    value_ledger: bool = spec(
+        False, "add a linear sum over history events (item . event-type vector) to the state value"
+    )
+    item_context: bool = spec(
+        False, "the per-item scorer also sees user vector * item representation (interactions, not only sums)"
+    )
 
 
 @dataclass

@@ -32,6 +32,7 @@ def evaluate_module(
     so the network runs once per step for up to ``batch_envs`` users."""
     returns, lengths = np.zeros(n_episodes), np.zeros(n_episodes)
     clicks, purchases, churned = np.zeros(n_episodes), np.zeros(n_episodes), np.zeros(n_episodes, bool)
+    clickbait = np.zeros(n_episodes)
     envs = [ECommerceEnv(env_config) for _ in range(min(batch_envs, n_episodes))]
     next_ep = 0
     slots: list[tuple[int, dict[str, np.ndarray]] | None] = []
@@ -45,6 +46,7 @@ def evaluate_module(
         actions = _greedy_actions(module, batch)
         for i, a in zip(live, actions, strict=True):
             ep, _ = slots[i]
+            clickbait[ep] += envs[i].catalog.is_clickbait[int(a)]
             obs, r, term, trunc, info = envs[i].step(int(a))
             returns[ep] += r
             lengths[ep] += 1
@@ -60,7 +62,7 @@ def evaluate_module(
                     slots[i] = None
             else:
                 slots[i] = (ep, obs)
-    return EpisodeStats(returns, lengths, clicks, purchases, churned)
+    return EpisodeStats(returns, lengths, clicks, purchases, churned, clickbait)
 
 
 def evaluation_table(

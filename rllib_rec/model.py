@@ -166,6 +166,54 @@ class TiedItemScores(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="rllib_rec")
+class ItemContext(layers.Layer):
+    """``user[b] * e_a`` for every item ([B, A, D]): the user vector gated per item by its representation.
+
+    Fed to the per-item scorer beside the item's history counts, so that it can weigh evidence about an
+    item by what the item is (its category's click appeal, its quality) and by who the user is. Without it
+    the per-item score is additive in (history counts) and (user . item), while the shop's expected reward
+    is a product of notice, click and purchase probabilities.
+    """
+
+    def __init__(self, items: ItemRepresentation, **kwargs):
+        super().__init__(**kwargs)
+        self.items = items
+
+    def call(self, user):
+        return ops.expand_dims(user, 1) * ops.expand_dims(self.items.catalog(), 0)  # [B, A, D]
+
+
+@keras.saving.register_keras_serializable(package="rllib_rec")
+class EngagementLedger(layers.Layer):
+    """A linear running account of the history for the state value: ``sum_t <e_item_t, w_event_t>`` ([B, 1]).
+
+    What a session has left (patience) and how much a user trusts the shop (purchase intent) are sums over
+    past events — each ignored recommendation, each click on a poor item, each purchase moves them by a
+    fixed amount. A learned vector per event type, dotted with the item's representation, lets the value
+    read that sum directly (a click on clickbait can weigh against the future, a click on a good item for
+    it) instead of extracting it from a mean-pooled encoding where one event is 1/T of the signal. This is
+    what makes the long-term cost of clickbait visible to the bootstrapped targets.
+    """
+
+    def __init__(self, n_event_types: int, embed_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_event_types, self.embed_dim = int(n_event_types), int(embed_dim)
+
+    def build(self, input_shape=None):
+        self.event_weights = self.add_weight(
+            name="event_weights", shape=(self.n_event_types, self.embed_dim), initializer="zeros", trainable=True
+        )
+
+    def call(self, item_vectors, events, valid):
+        w = ops.take(self.event_weights, events, axis=0)  # [B, T, D]
+        per_event = ops.sum(item_vectors * w, axis=-1) * valid  # [B, T]
+        return ops.sum(per_event, axis=1, keepdims=True)  # [B, 1]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_event_types": self.n_event_types, "embed_dim": self.embed_dim}
+
+
+@keras.saving.register_keras_serializable(package="rllib_rec")
 class HistoryAffinity(layers.Layer):
     """For every item, what happened to *similar* items in the history (target attention, as in DIN).
 
@@ -252,6 +300,8 @@ def build_q_model(
     history_affinity: bool = True,
     item_categories: Sequence[int] | None = None,
     category_features: bool = False,
+    item_context: bool = False,
+    value_ledger: bool = False,
     name: str = "q_net",
 ) -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
@@ -329,6 +379,9 @@ def build_q_model(
         per_item_feats.append(HistoryAffinity(item_embedding, name="history_affinity")(item_vectors, valid, event_feats))
     if category_features:
         per_item_feats.append(_history_category_features(items, events, item_categories, n_event_types))
+    if item_context and per_item_feats:
+        user = layers.Dense(embed_dim, name="item_context_user")(h)  # [B, D]
+        per_item_feats.append(ItemContext(item_embedding, name="item_context")(user))  # [B, A, D]
     if per_item_feats:
         feats = per_item_feats[0] if len(per_item_feats) == 1 else ops.concatenate(per_item_feats, axis=-1)
         hidden = layers.Dense(16, activation="relu", name="history_item_hidden")(feats)  # [B, A, 16]
@@ -337,9 +390,14 @@ def build_q_model(
 
     if dueling:
         value = layers.Dense(1, name="value")(h)  # [B, 1]
-        q = value + scores - ops.mean(scores, axis=-1, keepdims=True)  # [B, A]
+        q = scores - ops.mean(scores, axis=-1, keepdims=True)  # [B, A]
     else:
-        q = scores  # [B, A]
+        value, q = None, scores  # [B, A]
+    if value_ledger:
+        ledger = EngagementLedger(n_event_types, embed_dim, name="value_ledger")(item_vectors, events, valid)  # [B, 1]
+        value = ledger if value is None else value + ledger
+    if value is not None:
+        q = value + q  # [B, A]
 
     allowed = ops.greater(action_mask, 0)  # [B, A] bool
     q = ops.where(allowed, q, ops.full_like(q, MASKED_Q))  # [B, A]

@@ -55,6 +55,8 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "history_affinity": True,
     "item_categories": None,
     "category_features": False,
+    "item_context": False,
+    "value_ledger": False,
     "jit_trace": True,
 }
 _OBS_KEYS = ("items", "events", "action_mask")
@@ -145,6 +147,8 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             history_affinity=bool(cfg["history_affinity"]),
             item_categories=cfg["item_categories"],
             category_features=bool(cfg["category_features"]),
+            item_context=bool(cfg["item_context"]),
+            value_ledger=bool(cfg["value_ledger"]),
         )
         self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
         self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0

@@ -24,11 +24,12 @@ def _fmt(v: Any) -> str:
 
 
 def policy_table(summaries: Mapping[str, Mapping[str, float]]) -> str:
-    """One row per policy: mean return ± 95% CI, episode length, clicks, purchases, churn rate."""
-    headers = ["policy", "return", "±95% CI", "episodes", "length", "clicks", "purchases", "churn"]
+    """One row per policy: mean return ± 95% CI, episode length, clicks, purchases, churn rate, and the share
+    of recommendations that were clickbait ("-" where a summary does not record it)."""
+    headers = ["policy", "return", "±95% CI", "episodes", "length", "clicks", "purchases", "churn", "clickbait"]
     rows = [
         [name, s["return_mean"], s["return_ci95"], int(s["episodes"]), s["length_mean"], s["clicks_mean"],
-         s["purchases_mean"], s["churn_rate"]]
+         s["purchases_mean"], s["churn_rate"], s.get("clickbait_share", "-")]
         for name, s in summaries.items()
     ]
     return format_table(headers, rows)

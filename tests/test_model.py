@@ -111,13 +111,13 @@ def test_weight_load_is_strict(model):
 
 _TFLITE_SCRIPT = textwrap.dedent(
     """
-    import os, sys, tempfile, numpy as np
+    import json, os, sys, tempfile, numpy as np
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
     from rllib_rec.model import build_q_model, load_q_model_weights
     from ai_edge_litert.interpreter import Interpreter
     d = np.load(sys.argv[1])
-    m = build_q_model(12, 20, num_layers=2)
+    m = build_q_model(12, 20, **json.loads(sys.argv[2]))
     load_q_model_weights(m, {k[2:]: d[k] for k in d.files if k.startswith("w:")})
     out = tempfile.mkdtemp()
     m.export(out + "/sm", format="tf_saved_model", verbose=False)
@@ -131,9 +131,18 @@ _TFLITE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_tflite_builtins_only_matches_torch(model, tmp_path):
+# The plain encoder, and every per-item path of the head the default config ships.
+_FULL_HEAD = {"item_categories": [i % 4 for i in range(N)], "category_features": True, "item_context": True,
+              "value_ledger": True}
+
+
+@pytest.mark.parametrize("kwargs", [{"num_layers": 2}, _FULL_HEAD], ids=["encoder", "full-head"])
+def test_tflite_builtins_only_matches_torch(kwargs, tmp_path):
     """Same weights, TF backend, SavedModel -> TFLite with TFLITE_BUILTINS only (~6 s, subprocess)."""
+    import json
+
     pytest.importorskip("ai_edge_litert")
+    model = build_q_model(N, T, **kwargs)
     obs = _obs(np.random.default_rng(5))
     q = _q(model, obs)
     feed = {k: v.astype(np.int32) for k, v in obs.items()}
@@ -141,7 +150,7 @@ def test_tflite_builtins_only_matches_torch(model, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
     res = subprocess.run(
-        [sys.executable, "-c", _TFLITE_SCRIPT, str(tmp_path / "io.npz")],
+        [sys.executable, "-c", _TFLITE_SCRIPT, str(tmp_path / "io.npz"), json.dumps(kwargs)],
         env=env,
         capture_output=True,
         text=True,
@@ -235,3 +244,47 @@ def test_category_features_count_same_category_history_events():
     np.testing.assert_array_equal(moved, [c == 0 for c in cats])
     with pytest.raises(ValueError, match="needs item_categories"):
         build_q_model(N, T, category_features=True)
+
+
+def test_item_context_lets_the_user_vector_reach_each_item_through_its_representation():
+    """With everything but the per-item scorer silenced, the user vector alone (no history counts) moves
+    items differently according to their embeddings; without item_context it cannot reach that path."""
+    def per_item_only(item_context):
+        m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False,
+                          item_context=item_context)
+        rng = np.random.default_rng(0)
+        for v in m.weights:
+            keep = v.path.startswith(("history_item", "item_context", "item_embedding", "mlp_"))
+            v.assign(rng.normal(0, 0.5, v.shape).astype("float32") if keep else np.zeros(v.shape, "float32"))
+        return m
+
+    obs = _obs(np.random.default_rng(2))
+    obs["items"][:] = 0  # no history: only the (padding-built) user vector differs from nothing
+    obs["events"][:] = 0
+    obs["action_mask"][:] = 1
+    q = _q(per_item_only(True), obs)
+    assert q.shape == (8, N) and np.isfinite(q).all()
+    assert np.ptp(q[0]) > 1e-4  # items differ through user * e_a
+    assert np.ptp(_q(per_item_only(False), obs)[0]) < 1e-6  # no such path without it: every item alike
+    names = {v.path.split("/")[0] for v in per_item_only(True).weights}
+    assert {"item_context_user"} <= names
+
+
+@pytest.mark.parametrize("dueling", [True, False])
+def test_value_ledger_is_the_sum_over_history_events_and_moves_every_item_alike(dueling):
+    """The ledger adds sum_t <e_item_t, w_event_t> over real (non-padding) history positions to every Q."""
+    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=dueling, history_features=False,
+                      history_affinity=False, value_ledger=True)
+    rng = np.random.default_rng(1)
+    for v in m.weights:  # only the item embeddings and the ledger carry weight
+        keep = v.path.startswith(("item_embedding", "value_ledger"))
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32") if keep else np.zeros(v.shape, "float32"))
+    w = q_model_weights(m)
+    emb, led = w["item_embedding/embeddings"], w["value_ledger/event_weights"]
+    obs = _obs(np.random.default_rng(6))
+    obs["action_mask"][:] = 1
+    q = _q(m, obs)
+    want = [sum(float(emb[i] @ led[e]) for i, e in zip(items, events, strict=True) if i > 0)
+            for items, events in zip(obs["items"], obs["events"], strict=True)]
+    np.testing.assert_allclose(q, np.repeat(np.array(want)[:, None], N, axis=1), atol=1e-4)
+    assert want[0] == 0.0  # cold start: nothing on the account
