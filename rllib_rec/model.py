@@ -191,8 +191,9 @@ class EngagementLedger(layers.Layer):
     past events — each ignored recommendation, each click on a poor item, each purchase moves them by a
     fixed amount. A learned vector per event type, dotted with the item's representation, lets the value
     read that sum directly (a click on clickbait can weigh against the future, a click on a good item for
-    it) instead of extracting it from a mean-pooled encoding where one event is 1/T of the signal. This is
-    what makes the long-term cost of clickbait visible to the bootstrapped targets.
+    it) instead of extracting it from a mean-pooled encoding where one event is 1/T of the signal. Measured
+    (README Benchmarks): with a 50-event history it raised the return a little, but agents still recommend
+    clickbait as often as without it.
     """
 
     def __init__(self, n_event_types: int, embed_dim: int, **kwargs):

@@ -131,7 +131,7 @@ _TFLITE_SCRIPT = textwrap.dedent(
 )
 
 
-# The plain encoder, and every per-item path of the head the default config ships.
+# The plain encoder, and a head with every optional term (category features, item context, value ledger).
 _FULL_HEAD = {"item_categories": [i % 4 for i in range(N)], "category_features": True, "item_context": True,
               "value_ledger": True}
 
