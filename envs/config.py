@@ -106,6 +106,9 @@ class EnvConfig:
     max_steps: int = spec(50, "episode length cap (truncation)", min=1, max=100_000)
     n_candidates: int = spec(0, "candidates offered per step (0 = every item)", min=0)
     n_featured: int = spec(10, "with n_candidates: most popular items offered at every step", min=1)
+    item_dropout: float = spec(
+        0.0, "probability that an item is out of stock for a whole session (drawn at reset; one stays)", min=0.0, max=0.95
+    )
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     users: UserConfig = field(default_factory=UserConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)

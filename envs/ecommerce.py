@@ -5,6 +5,10 @@ recent clickstream — the last ``history_length`` events, each an item token (i
 and an event code (see :mod:`envs.response`), left-padded — plus the mask of this step's candidates.
 Ignored recommendations are in the history too: without them a greedy learner never discovers what the
 user wants. Everything else about the user is hidden.
+
+With ``item_dropout`` > 0 each item is out of stock for a whole session with that probability (at least one
+always-offered item stays); the mask shows it. Training uses this as temporally consistent exploration
+(``dqn.explore_item_dropout``): sessions played without some items show what those items cost later.
 """
 
 from __future__ import annotations
@@ -75,11 +79,15 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         self._items = np.zeros(h, dtype=np.int32)
         self._events = np.zeros(h, dtype=np.int32)
         self._mask = np.ones(n, dtype=np.int8)
-        self._featured = np.zeros(n, dtype=np.int8)  # items offered at every step
+        self._always_offered = np.zeros(n, dtype=np.int8)  # featured best-sellers, or every item
         if cfg.n_candidates:
-            self._featured[self.catalog.by_popularity[: cfg.n_featured]] = 1
+            self._always_offered[self.catalog.by_popularity[: cfg.n_featured]] = 1
         else:
-            self._featured[:] = 1
+            self._always_offered[:] = 1
+        self._in_stock = np.ones(n, dtype=np.int8)  # this session's stock (item_dropout)
+        # Offered at every step of *this* session; updated in place, so the action space's unmasked samples
+        # stay valid whatever is out of stock.
+        self._featured = self._always_offered.copy()
         self.action_space = CandidateDiscrete(n, self._featured)
 
     # -- gymnasium API ---------------------------------------------------------------------------------------
@@ -96,6 +104,7 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         lo, hi = self.config.users.initial_history
         for _ in range(int(rng.integers(lo, hi + 1))):
             self._push(self.response.sample_organic(self.user, rng), ORGANIC)
+        self._draw_stock(rng)
         self._draw_candidates()
         return self._obs(), {}
 
@@ -146,10 +155,20 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         self._items[-1] = item + 1
         self._events[-1] = event
 
+    def _draw_stock(self, rng: np.random.Generator) -> None:
+        p = self.config.item_dropout
+        if p > 0:  # only then is the RNG used, so p == 0 leaves every seeded session as it was
+            self._in_stock[:] = rng.random(self.n_items) >= p
+            offered = np.flatnonzero(self._always_offered)
+            if not self._in_stock[offered].any():  # keep one, so every step has a candidate
+                self._in_stock[offered[int(rng.integers(len(offered)))]] = 1
+        self._featured[:] = self._always_offered & self._in_stock
+        self._mask[:] = self._featured
+
     def _draw_candidates(self) -> None:
         k = self.config.n_candidates
         if k == 0:
-            return  # every item, always: the all-ones mask never changes
+            return  # every item in stock, all session: the mask set by _draw_stock holds
         rng = self.np_random
         # Featured best-sellers, then half of the rest by popularity (what a retrieval stage surfaces) and
         # half uniformly (coverage of the long tail); duplicates collapse, so a step may offer fewer than k.
@@ -157,7 +176,7 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         n_pop = k // 2
         cands = np.concatenate([self.catalog.sample_popular(n_pop, rng), rng.integers(0, self.n_items, k - n_pop)])
         self._mask[:] = self._featured
-        self._mask[cands] = 1
+        self._mask[cands] = self._in_stock[cands]
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"items": self._items.copy(), "events": self._events.copy(), "action_mask": self._mask.copy()}

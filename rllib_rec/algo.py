@@ -38,14 +38,21 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The env section, plus the watchdog and injected faults under ``RUNTIME_KEY`` (see registry.py)."""
+    """The training envs' config: the env section (with ``dqn.explore_item_dropout`` folded into its
+    ``item_dropout``), plus the watchdog and injected faults under ``RUNTIME_KEY`` (see registry.py)."""
     from rllib_rec.registry import RUNTIME_KEY
 
     f = cfg.faults
     runtime = {"env_step_timeout_s": cfg.run.env_step_timeout_s, "env_crash_rate": f.env_crash_rate,
                "env_hang_rate": f.env_hang_rate, "env_hang_seconds": f.env_hang_seconds, "seed": cfg.run.seed,
                "trial_error_at_iteration": f.trial_error_at_iteration}  # read by trainable.TunedDQN
-    return {**to_dict(cfg.env), RUNTIME_KEY: runtime}
+    env = to_dict(cfg.env)
+    if cfg.dqn.explore_item_dropout:
+        # Temporally consistent exploration: a session without some items (e.g. without some clickbait)
+        # shows what recommending them costs later, which per-step epsilon never plays out. Training only.
+        kept = (1.0 - env["item_dropout"]) * (1.0 - cfg.dqn.explore_item_dropout)
+        env["item_dropout"] = min(1.0 - kept, 0.95)
+    return {**env, RUNTIME_KEY: runtime}
 
 
 def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -94,6 +94,12 @@ class DQNSettings:
     epsilon_start: float = spec(1.0, "initial exploration rate", min=0.0, max=1.0)
     epsilon_end: float = spec(0.05, "final exploration rate", min=0.0, max=1.0)
     epsilon_timesteps: int = spec(20_000, "env steps over which epsilon anneals linearly", min=1)
+    explore_item_dropout: float = spec(
+        0.0,
+        "training envs put each item out of stock for a whole session with this probability (on top of "
+        "env.item_dropout); evaluation uses env as configured",
+        min=0.0, max=0.9,
+    )
     learning_starts: int = spec(1_000, "env steps sampled before the first update", min=0)
     rollout_fragment_length: int = spec(8, "env steps per env per sampling round", min=1)
     training_intensity: float | None = spec(

@@ -94,3 +94,15 @@ def test_deeply_nested_yaml_is_refused(tmp_path) -> None:
     path = _write(tmp_path, "a: " + "[" * 50 + "]" * 50 + "\n")
     with pytest.raises(ConfigError, match="nested deeper"):
         load_config(path)
+
+
+def test_explore_item_dropout_applies_to_training_envs_only() -> None:
+    from rllib_rec.algo import env_config
+
+    cfg = load_config(None, ["dqn.explore_item_dropout=0.5", "env.item_dropout=0.2"])
+    assert env_config(cfg)["item_dropout"] == pytest.approx(0.6)  # 1 - 0.8 * 0.5
+    assert cfg.env.item_dropout == 0.2  # what evaluation, validation and collection use
+    plain = load_config(None)
+    assert env_config(plain)["item_dropout"] == 0.0
+    with pytest.raises(ConfigError, match="explore_item_dropout"):
+        load_config(None, ["dqn.explore_item_dropout=0.99"])

@@ -167,3 +167,52 @@ def test_registered_with_rllib() -> None:
     creator = _global_registry.get(ENV_CREATOR, RLLIB_ENV_NAME)
     env = creator({"preset": "seed"})
     assert isinstance(env, ECommerceEnv) and env.n_items == 10
+
+
+def test_item_dropout_puts_items_out_of_stock_for_a_whole_session() -> None:
+    env = ECommerceEnv({"item_dropout": 0.5})
+    in_stock_share, stocks = [], []
+    for seed in range(60):
+        obs, _ = env.reset(seed=seed)
+        stock = obs["action_mask"].copy()
+        stocks.append(stock)
+        in_stock_share.append(stock.mean())
+        done = False
+        while not done:
+            assert np.array_equal(obs["action_mask"], stock)  # fixed for the session
+            out = np.flatnonzero(stock == 0)
+            if out.size:
+                with pytest.raises(InvalidActionError, match="masked"):
+                    env.step(int(out[0]))
+            a = env.action_space.sample()  # unmasked samples stay valid this session
+            assert stock[a] == 1
+            obs, _, term, trunc, _ = env.step(a)
+            done = term or trunc
+    assert 0.4 < np.mean(in_stock_share) < 0.6
+    assert len({s.tobytes() for s in stocks}) > 50  # redrawn each session
+    again, _ = env.reset(seed=7)
+    assert np.array_equal(again["action_mask"], stocks[7])  # and reproducible per seed
+
+
+def test_item_dropout_keeps_a_candidate_and_respects_per_step_candidates() -> None:
+    for seed in range(50):
+        obs, _ = ECommerceEnv({"item_dropout": 0.95}).reset(seed=seed)
+        assert obs["action_mask"].sum() >= 1
+    env = ECommerceEnv({"preset": "large", "item_dropout": 0.5})
+    obs, _ = env.reset(seed=0)
+    stock = env._in_stock.copy()
+    for _ in range(5):
+        assert obs["action_mask"].sum() >= 1 and not np.any(obs["action_mask"] & ~stock.astype(bool))
+        assert obs["action_mask"][env.action_space.sample()] == 1
+        obs, *_ = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+
+
+def test_item_dropout_zero_leaves_seeded_sessions_unchanged() -> None:
+    # The stock is drawn after the user and the initial history, and only when item_dropout > 0, so a
+    # seed's user is the same with or without it, and dropout 0 is the simulator as it always was.
+    plain, dropped = ECommerceEnv("default"), ECommerceEnv({"item_dropout": 0.3})
+    for seed in range(5):
+        a, _ = plain.reset(seed=seed)
+        b, _ = dropped.reset(seed=seed)
+        assert np.array_equal(a["items"], b["items"]) and np.array_equal(a["events"], b["events"])
+        assert a["action_mask"].all() and plain.user.patience == dropped.user.patience

@@ -1,0 +1,94 @@
+"""What trained agents lose to clickbait: each checkpoint's greedy return as trained, and again with the
+catalog's clickbait items removed from its candidates, beside the myopic and planning oracles, on the same
+held-out users (paired 95% bootstrap interval of the ratio to the myopic oracle).
+
+    python bench/clickbait.py CHECKPOINT [CHECKPOINT ...] [--episodes 1000] [--seed 3000000]
+
+Removing clickbait uses the simulator's hidden ``is_clickbait`` flag, which no agent sees: the second row
+is a diagnostic (how much of the gap to the oracles is clickbait), not a policy anyone can ship.
+A CHECKPOINT is a run directory (its final checkpoint) or a checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+
+from rllib_rec.runtime import use_torch_keras_backend  # noqa: E402
+
+use_torch_keras_backend()
+
+from envs import Catalog  # noqa: E402
+from envs.baselines import BASELINES, run_episodes  # noqa: E402
+from rllib_rec.checkpoints import CheckpointError, checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
+from rllib_rec.evaluate import evaluate_module  # noqa: E402
+from rllib_rec.report import format_table  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from learning import paired_ratio_ci  # noqa: E402
+
+
+class WithoutItems:
+    """Delegates greedy inference to ``module`` with ``items`` removed from every action mask."""
+
+    def __init__(self, module: Any, items: np.ndarray) -> None:
+        import torch
+
+        self.module = module
+        self.keep = torch.from_numpy(~items)  # [A] bool
+
+    def forward_inference(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from ray.rllib.core.columns import Columns
+
+        obs = dict(batch[Columns.OBS])
+        obs["action_mask"] = (obs["action_mask"].bool() & self.keep).to(obs["action_mask"].dtype)
+        return self.module.forward_inference({**batch, Columns.OBS: obs})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+", help="run or checkpoint directories (same env config)")
+    ap.add_argument("--episodes", type=int, default=1000, help="held-out episodes (default 1000)")
+    ap.add_argument("--seed", type=int, default=3_000_000, help="first episode seed (default 3000000)")
+    args = ap.parse_args()
+
+    try:
+        ckpts = [resolve_checkpoint(c) for c in args.checkpoints]
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    env_cfg = checkpoint_config(ckpts[0]).env
+    clickbait = Catalog(env_cfg.catalog).is_clickbait
+    oracles = {n: run_episodes(env_cfg, BASELINES[n], args.episodes, seed=args.seed)
+               for n in ("myopic_oracle", "planning_oracle")}
+    myopic = oracles["myopic_oracle"].returns
+    rows = []
+
+    def row(name: str, stats: Any) -> None:
+        s, r = stats.summary(), float(stats.returns.mean())
+        lo, hi = paired_ratio_ci(stats.returns, myopic)
+        rows.append([name, f"{r:.2f}", f"{100 * r / myopic.mean():.1f}%", f"{100 * lo:.1f}–{100 * hi:.1f}%",
+                     f"{s['clickbait_share']:.3f}", f"{s['purchases_mean']:.2f}", f"{s['length_mean']:.1f}"])
+
+    for ckpt in ckpts:
+        if checkpoint_config(ckpt).env != env_cfg:
+            raise SystemExit(f"error: {ckpt}: env config differs from {ckpts[0]}'s; compare one shop at a time")
+        name = f"{ckpt.parent.parent.name}/{ckpt.name}"
+        module = load_module(ckpt)
+        row(name, evaluate_module(module, env_cfg, args.episodes, args.seed))
+        row(f"{name} without clickbait", evaluate_module(WithoutItems(module, clickbait), env_cfg, args.episodes,
+                                                         args.seed))
+    for n, st in oracles.items():
+        row(n, st)
+    print(format_table(["policy", "return", "% myopic", "95% CI (paired)", "clickbait", "purchases", "length"],
+                       rows))
+    print(f"{args.episodes} held-out episodes, seeds {args.seed}+; clickbait = share of recommendations")
+
+
+if __name__ == "__main__":
+    main()
