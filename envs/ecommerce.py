@@ -8,7 +8,7 @@ user wants. Everything else about the user is hidden.
 
 With ``item_dropout`` > 0 each item is out of stock for a whole session with that probability (at least one
 always-offered item stays); the mask shows it. Training uses this as temporally consistent exploration
-(``dqn.explore_item_dropout``): sessions played without some items show what those items cost later.
+(``dqn.explore_item_dropout``): whole sessions played without some items, which step-wise epsilon never does.
 """
 
 from __future__ import annotations
