@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baselines",
         help="evaluate the baseline policies (random, popularity, history, myopic/planning oracles)",
         description="Run every baseline policy on seeded episodes of the config's env and print a table: "
-        "mean return ± 95%% CI, episode length, clicks, purchases and churn per episode.",
+        "mean return ± 95% CI, episode length, clicks, purchases and churn per episode.",
     )
     _add_config_args(p)
     p.add_argument("--episodes", type=int, default=1000, help="episodes per policy (default 1000)")
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a checkpoint to a verified TFLite model (+ JSON sidecar), logged and registered in MLflow",
         description="Rebuild the checkpoint's Q-network under the TensorFlow Keras backend (in a child process), "
         "convert it with TFLite builtin ops only and check it against the checkpoint on --samples simulator "
-        "observations (float: max |dQ| <= 1e-4 and 100%% top-1 agreement; fp16 / dynamic-int8: a tolerance "
-        "relative to the Q scale and >= 99%% top-1). A model that fails is not written; existing files are "
+        "observations (float: max |dQ| <= 1e-4 and 100% top-1 agreement; fp16 / dynamic-int8: a tolerance "
+        "relative to the Q scale and >= 99% top-1). A model that fails is not written; existing files are "
         "never overwritten.",
     )
     src = p.add_mutually_exclusive_group(required=True)

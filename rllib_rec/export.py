@@ -19,6 +19,7 @@ existing export is never overwritten and a failed command leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -411,6 +412,7 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
         "ops": r["ops"],
         "tensor_types": r["tensor_types"],
         "size_bytes": r["size_bytes"],
+        "sha256": r["sha256"],
         "converter": r["converter"],
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -545,6 +547,7 @@ def _convert_main(work: Path) -> None:
             "ops": tflite_ops(blob),
             "tensor_types": _tensor_types(blob),
             "size_bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
             "inputs": _io_details(runner.get_input_details()),
             "output": {**_io_details(runner.get_output_details())[out_name], "name": out_name},
             "converter": {"tensorflow": tf.__version__, "keras": keras.__version__,

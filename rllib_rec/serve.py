@@ -21,14 +21,15 @@ Invalid requests get 422 with one readable ``detail`` line; a body that is not J
 body over ``max_body_bytes`` (default 64 KiB, ``--max-body-bytes``) 413, decided from ``Content-Length``
 before any of it is read, or for a streamed (chunked) body as soon as the limit is passed, so an oversized
 body is never held in memory. Every 4xx body is ``{"detail": "<one line>"}``. At start-up the ``.tflite``
-is checked against its sidecar (format, byte size) and LiteRT's own verifier, so a truncated, empty or
-swapped file is refused with one line naming it. Inference (~20 µs) runs inline on the event
+is checked against its sidecar (format, byte size, SHA-256) and LiteRT's own verifier, so a truncated,
+empty, corrupted or swapped file is refused with one line naming it. Inference (~20 µs) runs inline on the event
 loop under a lock, so one interpreter is never entered by two threads; scale out with more processes
 (see the README's Ray Serve section), not threads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -147,6 +148,14 @@ class Recommender:
         if expected != size:
             raise ServeError(f"{model_path}: {size} bytes, but its sidecar {sidecar.name} says "
                              f"{_show(expected)} (truncated, or not the file that sidecar describes)")
+        # Same size is not same model: another export of the same architecture, or flipped weight bytes,
+        # loads and answers. Sidecars written before the digest existed carry none and are checked by size.
+        expected_sha = self.meta.get("sha256")
+        if expected_sha is not None:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != expected_sha:
+                raise ServeError(f"{model_path}: SHA-256 {digest[:16]}..., but its sidecar {sidecar.name} says "
+                                 f"{str(expected_sha)[:16]}... (corrupted, or not the file that sidecar describes)")
         self.event_codes = {k: v for k, v in codes.items() if v > 0}  # "pad" (0) is not an event
         self._event_by_name = {k.lower(): v for k, v in self.event_codes.items()}
         self._valid_codes = set(self.event_codes.values())
@@ -261,6 +270,7 @@ class Recommender:
             "quantization": self.meta.get("quantization"),
             "config_name": self.meta.get("config_name"),
             "config_hash": self.meta.get("config_hash"),
+            "sha256": self.meta.get("sha256"),
             "n_items": self.n_items,
             "history_length": self.history_length,
             "event_codes": self.event_codes,

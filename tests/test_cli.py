@@ -23,6 +23,22 @@ def test_help_lists_commands() -> None:
     assert "baselines" in out.stdout and "--set" in out.stdout
 
 
+def test_every_subcommand_help_renders_cleanly() -> None:
+    """argparse %-formats `help=` strings but prints `description=` as written, so a "%%" typed for one shows
+    up doubled in the other; every page is rendered here (in-process: a format error would raise)."""
+    import argparse
+
+    from rllib_rec.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert len(subs) >= 10
+    for name, sub in subs.items():
+        text = sub.format_help()
+        assert "%%" not in text and "%(" not in text, (name, text)
+    assert "100% top-1" in subs["export"].format_help()
+
+
 def test_baselines_default_config_prints_table() -> None:
     out = run_cli("baselines", "--config", "configs/default.yaml")
     assert out.returncode == 0, out.stderr

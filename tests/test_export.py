@@ -95,6 +95,10 @@ def test_sidecar_describes_the_model(exported, trained_debug) -> None:
     assert side["source_checkpoint"] == str(trained_debug.checkpoint)
     assert side["quantization"] == "none" and side["model_file"] == "model.tflite"
     assert side["model_config"]["embed_dim"] == 32
+    for mode, fname in MODES_FILES.items():  # each sidecar pins its own file's bytes
+        blob = (exported / fname).read_bytes()
+        side = _sidecar(exported, mode)
+        assert side["size_bytes"] == len(blob) and side["sha256"] == hashlib.sha256(blob).hexdigest()
 
 
 def test_logged_to_the_checkpoint_run_and_registered(exported, trained_debug) -> None:

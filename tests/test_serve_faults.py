@@ -430,13 +430,25 @@ def _truncate(n: int):
     return lambda d: (d / "model.tflite").write_bytes((d / "model.tflite").read_bytes()[:n])
 
 
-def _random_same_size(keep_header: bool):
+def _random_same_size(keep_header: bool, digest: bool = True):
     def corrupt(d: pathlib.Path) -> None:
         p = d / "model.tflite"
         size = p.stat().st_size
         head = p.read_bytes()[:8] if keep_header else b""  # keep the TFL3 identifier: looks like a model
         p.write_bytes(head + os.urandom(size - len(head)))
+        if not digest:  # a sidecar from before the digest: LiteRT's verifier is what refuses the file
+            _drop(d, "sha256")
     return corrupt
+
+
+def _flip_weight_byte(d: pathlib.Path) -> None:
+    # One byte in the middle of the file (inside the weight buffers, which are most of it): the same size,
+    # and without a digest LiteRT loads it and serves (checked by hand on a default export); only the
+    # sidecar's digest tells.
+    p = d / "model.tflite"
+    blob = bytearray(p.read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    p.write_bytes(bytes(blob))
 
 
 def _edit_sidecar(**changes):
@@ -460,8 +472,13 @@ CORRUPT = [  # (case, corruption of a copy of the export, faulty file, expected 
     ("truncated-one-byte", lambda d: _truncate((d / "model.tflite").stat().st_size - 1)(d), "model.tflite",
      "(truncated, or not the file that sidecar describes)"),
     ("empty", _truncate(0), "model.tflite", "model file is empty"),
-    ("random-bytes", _random_same_size(False), "model.tflite", "LiteRT cannot load it"),
-    ("random-after-tflite-header", _random_same_size(True), "model.tflite", "LiteRT cannot load it"),
+    ("random-bytes", _random_same_size(False), "model.tflite", "SHA-256"),
+    ("random-bytes-no-digest", _random_same_size(False, digest=False), "model.tflite", "LiteRT cannot load it"),
+    ("random-after-tflite-header-no-digest", _random_same_size(True, digest=False), "model.tflite",
+     "LiteRT cannot load it"),
+    ("flipped-weight-byte", _flip_weight_byte, "model.tflite", "SHA-256"),
+    ("sidecar-wrong-sha256", _edit_sidecar(sha256="0" * 64), "model.tflite",
+     "but its sidecar model.json says 0000000000000000..."),
     ("sidecar-missing", lambda d: (d / "model.json").unlink(), "model.json", "sidecar JSON missing"),
     ("sidecar-empty", lambda d: (d / "model.json").write_text(""), "model.json", "not an rllib-rec export sidecar"),
     ("sidecar-not-json", lambda d: (d / "model.json").write_bytes(b"\x00\xff garbage"), "model.json",
@@ -509,6 +526,17 @@ def test_corrupt_model_is_refused_at_load_with_one_line(model, model_digest, tmp
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # refusing touches nothing
     after = {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (model, model.with_suffix(".json"))}
     assert after == model_digest  # the good export is never modified
+
+
+def test_sidecar_without_a_digest_is_checked_by_size_only(model, tmp_path) -> None:
+    """Sidecars written before the digest existed still serve (the size check and LiteRT's verifier remain)."""
+    from rllib_rec.serve import Recommender
+
+    shutil.copyfile(model, tmp_path / "model.tflite")
+    shutil.copyfile(model.with_suffix(".json"), tmp_path / "model.json")
+    _drop(tmp_path, "sha256")
+    rec = Recommender(tmp_path / "model.tflite")
+    assert rec.info()["sha256"] is None and rec.recommend([1, 2], ["view", "click"], k=3)
 
 
 def test_good_model_still_loads_after_the_faults(model, model_digest) -> None:
