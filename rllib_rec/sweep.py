@@ -248,6 +248,73 @@ def _progress_callback(metric: str, log: Callable[[str], None]) -> Any:
     return _Progress()
 
 
+def trial_tracking_callback(scfg: SweepConfig, uri: str, experiment_id: str, log: Callable[[str], None]) -> Any:
+    """A Tune callback giving each trial an MLflow run written through :class:`~rllib_rec.tracking.RunLogger`.
+
+    Instead of Tune's ``MLflowLoggerCallback``, which logs the whole RLlib config dict as params (hundreds,
+    unredacted) and loses any write the store refuses: here a trial run gets what a ``train`` run gets (the
+    trial's flattened experiment config, redacted, and the per-iteration metrics of ``iteration_metrics``
+    at the env-step count, plus the sweep metric), and a store outage is reported once, queued, retried
+    after every result and, if still unsent when the trial ends, written to the trial directory's
+    ``mlflow_unsent.jsonl``."""
+    from ray import tune
+
+    from rllib_rec.tracking import RunLogger, TrackingError
+    from rllib_rec.train import iteration_metrics
+
+    metric = scfg.sweep.metric
+
+    class _TrialRuns(tune.Callback):
+        def __init__(self) -> None:
+            self._runs: dict[str, RunLogger] = {}
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"_runs": {}}  # Tune pickles its callbacks; open MLflow clients are not state to keep
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if trial.trial_id in self._runs:  # a retried trial keeps its run
+                return
+            run_dir = Path(trial.local_path or scfg.sweep_dir / _trial_dirname(trial))
+            try:
+                tracker = RunLogger.start(uri, experiment_id, run_dir, log, run_name=f"{scfg.name}-{trial.trial_id}")
+            except TrackingError as e:
+                log(f"  {trial.trial_id}  not tracked in MLflow: {e}")
+                tracker = RunLogger.disabled(run_dir, log)
+            self._runs[trial.trial_id] = tracker
+            exp = trial_experiment_config(scfg, trial.config)
+            tracker.log_params({k: str(v)[:500] for k, v in exp.flat_params().items()})
+            tracker.set_tags({"sweep": scfg.name, "trial_id": trial.trial_id, "trial_dir": str(run_dir),
+                              "config_hash": exp.config_hash()})
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            tracker = self._runs.get(trial.trial_id)
+            if tracker is None:
+                return
+            m = iteration_metrics(result)
+            value = result.get(metric, flatten_result(result).get(metric))
+            if isinstance(value, int | float):
+                m[metric] = float(value)
+            tracker.log_metrics({k: v for k, v in m.items() if math.isfinite(v)}, step=int(m["env_steps"]))
+            tracker.flush()  # once per result: retry what an outage left queued
+
+        def _close(self, trial: Any, status: str) -> None:
+            tracker = self._runs.pop(trial.trial_id, None)
+            if tracker is not None:
+                tracker.close(status)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "FINISHED")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "FAILED")  # final: retries go through on_trial_recover, not here
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            for trial_id in list(self._runs):  # interrupted (Ctrl-C) trials: --resume starts a new run
+                self._runs.pop(trial_id).close("KILLED")
+
+    return _TrialRuns()
+
+
 def flatten_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """Tune's '/'-joined view of a nested result dict."""
     return flatten(result, sep="/")
@@ -445,11 +512,9 @@ def run_sweep(
         raise CheckpointError(f"{sweep_dir}: sweep directory exists; use --resume, or --set sweep.name=NEW")
 
     uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri) if track else None
-    if uri:
-        connect(uri, exp.run.experiment, exp.run.output_dir)  # fail fast before Ray starts
+    experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir) if uri else None  # fail before Ray
 
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from rllib_rec.runtime import init_ray
@@ -478,8 +543,8 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
-                callbacks=[*([MLflowLoggerCallback(tracking_uri=uri, experiment_name=exp.run.experiment,
-                                                   tags={"sweep": scfg.name}, save_artifact=False)] if uri else []),
+                callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri and experiment_id
+                             else []),
                            _progress_callback(sw.metric, log)],
                 verbose=0,
             ),

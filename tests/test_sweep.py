@@ -159,6 +159,11 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     runs = client.search_runs([exp.experiment_id])
     names = [r.info.run_name for r in runs]
     assert "debug-sweep-best" in names and len(runs) == 5, names
+    for run in (r for r in runs if r.info.run_name != "debug-sweep-best"):  # the trials, as train runs are
+        assert run.info.status == "FINISHED" and run.data.tags["sweep"] == "debug-sweep"
+        assert {"dqn.lr", "model.embed_dim", "env.preset"} <= set(run.data.params)
+        assert "env_steps" in run.data.metrics and "episode_return_mean" in run.data.metrics
+        assert not any(k.startswith("replay_buffer_config") for k in run.data.params)
     print(f"sweep wall time {time.time() - t0:.0f}s; intervals {intervals}")
 
     # `rllib-rec export --best best.json` consumes it.
