@@ -193,7 +193,9 @@ def ray_local():
     import ray
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    # address="local": a private instance even when a `ray start` head (or a stale record of one in
+    # /tmp/ray/ray_current_cluster) is on this machine; without it ray.init would try to join that.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield
     ray.shutdown()
 
