@@ -139,9 +139,11 @@ class Recommender:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ServeError(f"{sidecar}: not an rllib-rec export sidecar ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:200]})") from None
+        # Read once: the bytes checked below are the bytes LiteRT loads (no second read, no swap in between).
         # A truncated or swapped model file is caught here by its size, before LiteRT parses it; LiteRT's
         # flatbuffer verifier then refuses same-size garbage.
-        size = path.stat().st_size
+        blob = path.read_bytes()
+        size = len(blob)
         if size == 0:
             raise ServeError(f"{model_path}: model file is empty")
         expected = self.meta.get("size_bytes")
@@ -152,7 +154,7 @@ class Recommender:
         # loads and answers. Sidecars written before the digest existed carry none and are checked by size.
         expected_sha = self.meta.get("sha256")
         if expected_sha is not None:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = hashlib.sha256(blob).hexdigest()
             if digest != expected_sha:
                 raise ServeError(f"{model_path}: SHA-256 {digest[:16]}..., but its sidecar {sidecar.name} says "
                                  f"{str(expected_sha)[:16]}... (corrupted, or not the file that sidecar describes)")
@@ -164,16 +166,16 @@ class Recommender:
         # LiteRT's C++ runtime logs straight to fd 2 (e.g. its XNNPACK note): held back while loading, so a
         # refused model is exactly one line of error, and replayed once the model has loaded.
         with _NativeStderr() as native:
-            self._load(model_path, signature, threads)
+            self._load(blob, model_path, signature, threads)
         if native.text:
             sys.stderr.write(native.text)
 
-    def _load(self, model_path: str | os.PathLike[str], signature: str, threads: int) -> None:
+    def _load(self, blob: bytes, model_path: str | os.PathLike[str], signature: str, threads: int) -> None:
         """The interpreter, checked against the sidecar (ServeError naming the file if it does not fit)."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interp = Interpreter(model_path=str(self.path), num_threads=int(threads))
+            self._interp = Interpreter(model_content=blob, num_threads=int(threads))
             self._interp.allocate_tensors()
             runner = self._interp.get_signature_runner(signature)
             inputs = runner.get_input_details()

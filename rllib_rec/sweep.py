@@ -239,7 +239,7 @@ def _progress_callback(metric: str, log: Callable[[str], None]) -> Any:
 
     class _Progress(tune.Callback):
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            value = result.get(metric, flatten_result(result).get(metric, math.nan))
+            value = metric_value(result, metric)
             log(f"  {trial.trial_id}  iter {result.get('training_iteration')}  {metric}={_fmt(value)}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -290,10 +290,7 @@ def trial_tracking_callback(scfg: SweepConfig, uri: str, experiment_id: str, log
             tracker = self._runs.get(trial.trial_id)
             if tracker is None:
                 return
-            m = iteration_metrics(result)
-            value = result.get(metric, flatten_result(result).get(metric))
-            if isinstance(value, int | float):
-                m[metric] = float(value)
+            m = {**iteration_metrics(result), metric: metric_value(result, metric)}  # NaN: left out below
             tracker.log_metrics({k: v for k, v in m.items() if math.isfinite(v)}, step=int(m["env_steps"]))
             tracker.flush()  # once per result: retry what an outage left queued
 
@@ -318,6 +315,12 @@ def trial_tracking_callback(scfg: SweepConfig, uri: str, experiment_id: str, log
 def flatten_result(result: Mapping[str, Any]) -> dict[str, Any]:
     """Tune's '/'-joined view of a nested result dict."""
     return flatten(result, sep="/")
+
+
+def metric_value(result: Mapping[str, Any], metric: str) -> float:
+    """``metric`` (a top-level key or a '/'-joined nested one) from a Tune result; NaN if absent or not a number."""
+    value = result[metric] if metric in result else flatten_result(result).get(metric)
+    return float(value) if isinstance(value, int | float) else math.nan
 
 
 def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
@@ -403,8 +406,7 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
     rows, intervals = [], []
     for r in grid:
         m = r.metrics or {}
-        value = m.get(metric, flatten_result(m).get(metric))  # nested results: "/"-joined keys
-        value = float(value) if isinstance(value, int | float) else math.nan
+        value = metric_value(m, metric)
         df = r.metrics_dataframe
         if df is not None and len(df) and "timestamp" in df:
             start = float(df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0])
@@ -543,8 +545,7 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
-                callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri and experiment_id
-                             else []),
+                callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri else []),
                            _progress_callback(sw.metric, log)],
                 verbose=0,
             ),
