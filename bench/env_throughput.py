@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from envs import GYM_IDS, ECommerceEnv  # noqa: E402
-from rllib_rec.report import format_table  # noqa: E402
+from rllib_rec.tables import format_table  # noqa: E402
 
 
 def single_env(preset: str, seconds: float) -> float:

@@ -77,7 +77,7 @@ def _kill_and_resume(tmp: Path, wait_for: Callable[[], bool], delay: float, *ext
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = max(r["iteration"] for r in _metrics(tmp))
-    from rllib_rec.checkpoints import checkpoint_meta, latest_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_meta, latest_checkpoint
 
     (run_dir,) = [p for p in tmp.glob("debug-*") if p.is_dir()]
     resumed_from = checkpoint_meta(latest_checkpoint(run_dir))["iteration"]

@@ -103,7 +103,7 @@ def tflite_fn_factory(path: Path):
 
 # --------------------------------------------------------------------------------------------- torch
 def torch_fn_factory(module: Any):
-    from rllib_rec.export import _module_q_fn
+    from rllib_rec.deploy.export import _module_q_fn
 
     q = _module_q_fn(module)
     return lambda b: q
@@ -116,7 +116,7 @@ def keras_worker(job: Path) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from rllib_rec.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.model import build_q_model, load_q_model_weights
 
     spec = json.loads((job / "job.json").read_text())
     bk = spec["build_kwargs"]
@@ -137,7 +137,7 @@ def keras_worker(job: Path) -> None:
 
 def bench_keras(module: Any, build_kwargs: dict, obs: dict[str, np.ndarray], seconds: float, n_single: int,
                 work: Path) -> dict[str, dict[str, Any]]:
-    from rllib_rec.model import q_model_weights
+    from rllib_rec.agent.model import q_model_weights
 
     weights = q_model_weights(module.qnet)
     paths = sorted(weights)
@@ -228,7 +228,7 @@ def bench_http(model: Path, obs: dict[str, np.ndarray], n: int, clients: int = 4
 
 # --------------------------------------------------------------------------------------------- main
 def _train_default(tmp: Path) -> Path:
-    from rllib_rec.train import train
+    from rllib_rec.training.train import train
 
     print("no --checkpoint: training 1 iteration of configs/default.yaml ...", file=sys.stderr)
     root = Path(__file__).resolve().parent.parent
@@ -252,16 +252,16 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    from rllib_rec.checkpoints import checkpoint_config, load_module, resolve_checkpoint
-    from rllib_rec.export import (
+    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
+    from rllib_rec.deploy.export import (
         QUANT_MODES,
         export_checkpoint,
         model_build_kwargs,
         model_filename,
         sample_observations,
     )
-    from rllib_rec.report import format_table
-    from rllib_rec.runtime import set_torch_threads
+    from rllib_rec.tables import format_table
+    from rllib_rec.agent.runtime import set_torch_threads
 
     with tempfile.TemporaryDirectory(prefix="rllib-rec-bench-") as tmp_s:
         tmp = Path(tmp_s)

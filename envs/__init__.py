@@ -9,16 +9,15 @@ from __future__ import annotations
 import gymnasium as gym
 
 from envs.catalog import Catalog
-from envs.config import PRESETS, EnvConfig, make_env_config
+from envs.config import PRESETS, EnvConfig, EnvConfigError, make_env_config
 from envs.ecommerce import ECommerceEnv, InvalidActionError
 from envs.response import EVENT_NAMES, N_EVENT_TYPES
-from envs.schema import ConfigError
 
 __all__ = [
     "Catalog",
-    "ConfigError",
     "ECommerceEnv",
     "EnvConfig",
+    "EnvConfigError",
     "EVENT_NAMES",
     "GYM_IDS",
     "InvalidActionError",

@@ -1,15 +1,20 @@
 """Simulator configuration: one dataclass per part (catalog, users, response, rewards) and presets.
 
 Every mechanism of the shop can be switched off here, which is how the tests prove each one matters.
+Each field carries its documentation and bounds (``min``/``max``/``gt``) as metadata; the service validates
+types and bounds against them (``rllib_rec.config.schema``) before a config reaches the simulator. Here,
+:func:`make_env_config` only resolves the preset, refuses unknown keys and checks the cross-field rules
+(:meth:`EnvConfig.validate`), so the simulator stays free of the service.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from envs.schema import ConfigError, build, merge_dicts, spec
 
 __all__ = [
     "CatalogConfig",
@@ -17,10 +22,27 @@ __all__ = [
     "ResponseConfig",
     "RewardConfig",
     "EnvConfig",
+    "EnvConfigError",
     "PRESETS",
+    "resolve_preset",
     "make_env_config",
 ]
 
+
+class EnvConfigError(ValueError):
+    """An env config key is unknown or inconsistent; ``path`` names the key and ``problem`` says why."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+def spec(default: Any, doc: str, **bounds: Any) -> Any:
+    """A dataclass field with its documentation and bounds (``min``/``max``/``gt``) as metadata."""
+    meta = {"doc": doc, **bounds}
+    if isinstance(default, list):  # dataclasses refuse shared mutable defaults
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -50,7 +72,7 @@ class UserConfig:
         for name in ("click_propensity", "purchase_propensity", "patience", "initial_history"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
-                raise ConfigError(name, f"must be [low, high] with low <= high, got {list(lo_hi)}")
+                raise EnvConfigError(name, f"must be [low, high] with low <= high, got {list(lo_hi)}")
 
 
 @dataclass
@@ -116,15 +138,15 @@ class EnvConfig:
 
     def validate(self) -> None:
         if self.n_candidates > self.catalog.n_items:
-            raise ConfigError("n_candidates", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.n_candidates}")
+            raise EnvConfigError("n_candidates", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.n_candidates}")
         if self.n_candidates and self.n_featured > self.n_candidates:
-            raise ConfigError("n_featured", f"must be <= n_candidates ({self.n_candidates}), got {self.n_featured}")
+            raise EnvConfigError("n_featured", f"must be <= n_candidates ({self.n_candidates}), got {self.n_featured}")
         if self.catalog.n_categories > self.catalog.n_items:
-            raise ConfigError(
+            raise EnvConfigError(
                 "catalog.n_categories", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.catalog.n_categories}"
             )
         if self.response.model == "notebook" and self.catalog.n_items < self.users.n_locations:
-            raise ConfigError(
+            raise EnvConfigError(
                 "catalog.n_items", f"notebook model needs one item per location (>= {self.users.n_locations})"
             )
 
@@ -162,18 +184,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_env_config(data: EnvConfig | Mapping[str, Any] | str | None = None, path: str = "") -> EnvConfig:
-    """Resolve a preset name, a (partial) mapping with an optional ``preset`` key, or an EnvConfig."""
-    if isinstance(data, EnvConfig):
-        return data
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def resolve_preset(data: Mapping[str, Any] | str | None, path: str = "") -> dict[str, Any]:
+    """The preset's overrides with ``data`` merged on top (a preset name alone is ``{"preset": name}``)."""
     if data is None:
         data = {}
     if isinstance(data, str):
         data = {"preset": data}
     if not isinstance(data, Mapping):
-        raise ConfigError(path, f"expected a mapping or preset name, got {type(data).__name__}")
+        raise EnvConfigError(path, f"expected a mapping or preset name, got {type(data).__name__}")
     preset = data.get("preset", "default")
     if preset not in PRESETS:
         key = f"{path}.preset" if path else "preset"
-        raise ConfigError(key, f"must be one of {list(PRESETS)}, got {preset!r}")
-    return build(EnvConfig, merge_dicts(PRESETS[preset], data), path)
+        raise EnvConfigError(key, f"must be one of {list(PRESETS)}, got {preset!r}")
+    return _merge(PRESETS[preset], data)
+
+
+def _construct(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    """Nested dataclasses from a mapping; unknown keys are errors (types and bounds are the caller's)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        raise EnvConfigError(f"{path}.{unknown[0]}" if path else unknown[0],
+                             f"unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        sub = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hints[name]):
+            if not isinstance(value, Mapping):
+                raise EnvConfigError(sub, f"expected a mapping, got {type(value).__name__}")
+            value = _construct(hints[name], value, sub)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def make_env_config(data: EnvConfig | Mapping[str, Any] | str | None = None, path: str = "") -> EnvConfig:
+    """Resolve a preset name, a (partial) mapping with an optional ``preset`` key, or an EnvConfig."""
+    if isinstance(data, EnvConfig):
+        return data
+    cfg = _construct(EnvConfig, resolve_preset(data, path), path)
+    for part in (cfg.users, cfg):
+        part.validate()
+    return cfg

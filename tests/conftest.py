@@ -20,7 +20,7 @@ EXPORT_TRAIN_OVERRIDES = ["run.iterations=1", "run.eval_episodes=5", "model.embe
 @pytest.fixture(scope="session")
 def trained_debug(tmp_path_factory):
     """A 1-iteration debug run (TrainResult); its MLflow store is <output_dir>/mlflow.db."""
-    from rllib_rec.train import train
+    from rllib_rec.training.train import train
 
     out = tmp_path_factory.mktemp("export_runs")
     res = train(str(ROOT / "configs" / "debug.yaml"), [f"run.output_dir={out}", *EXPORT_TRAIN_OVERRIDES],

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from envs.schema import ConfigError
+from rllib_rec.config.schema import ConfigError
 from rllib_rec.config import ExperimentConfig, load_config, parse_overrides
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -15,7 +15,7 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path: pathlib.Path) -> None:
     if path.name.startswith("sweep"):
-        from rllib_rec.sweep import load_sweep_config
+        from rllib_rec.config.sweep import load_sweep_config
 
         assert isinstance(load_sweep_config(path).experiment, ExperimentConfig)
         return
@@ -97,7 +97,7 @@ def test_deeply_nested_yaml_is_refused(tmp_path) -> None:
 
 
 def test_explore_item_dropout_applies_to_training_envs_only() -> None:
-    from rllib_rec.algo import env_config
+    from rllib_rec.agent.algo import env_config
 
     cfg = load_config(None, ["dqn.explore_item_dropout=0.5", "env.item_dropout=0.2"])
     assert env_config(cfg)["item_dropout"] == pytest.approx(0.6)  # 1 - 0.8 * 0.5

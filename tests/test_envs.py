@@ -161,7 +161,7 @@ def test_envs_package_never_imports_ray_keras_torch() -> None:
 def test_registered_with_rllib() -> None:
     from ray.tune.registry import ENV_CREATOR, _global_registry
 
-    from rllib_rec.registry import RLLIB_ENV_NAME, register_rllib_env
+    from rllib_rec.agent.registry import RLLIB_ENV_NAME, register_rllib_env
 
     assert register_rllib_env() == RLLIB_ENV_NAME
     creator = _global_registry.get(ENV_CREATOR, RLLIB_ENV_NAME)

@@ -15,9 +15,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from rllib_rec.checkpoints import CheckpointError, checkpoint_config
+from rllib_rec.training.checkpoints import CheckpointError, checkpoint_config
 from rllib_rec.cli import main
-from rllib_rec.export import (
+from rllib_rec.deploy.export import (
     QUANT_MODES,
     TOLERANCES,
     ExportError,
@@ -58,8 +58,8 @@ def test_quantised_exports_report_top1(exported, mode, quantised_type) -> None:
 def test_tflite_has_builtin_ops_only_and_runs_in_litert(exported, trained_debug) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from rllib_rec.checkpoints import load_module
-    from rllib_rec.export import _module_q_fn, sample_observations
+    from rllib_rec.training.checkpoints import load_module
+    from rllib_rec.deploy.export import _module_q_fn, sample_observations
 
     cfg = checkpoint_config(trained_debug.checkpoint)
     obs, q_ref = sample_observations(cfg.env, 20, _module_q_fn(load_module(trained_debug.checkpoint)), seed=7)
@@ -116,7 +116,7 @@ def test_logged_to_the_checkpoint_run_and_registered(exported, trained_debug) ->
 
 
 def test_corrupted_weight_fails_the_gate_and_writes_nothing(trained_debug, tmp_path, monkeypatch, capsys) -> None:
-    import rllib_rec.export as export
+    import rllib_rec.deploy.export as export
 
     real = export._module_weights
 

@@ -1,4 +1,4 @@
-"""Tests for rllib_rec.learner (weighted loss) and rllib_rec.replay, plus a tiny end-to-end DQN run."""
+"""Tests for rllib_rec.agent.learner (weighted loss) and rllib_rec.agent.replay, plus a tiny end-to-end DQN run."""
 
 import os
 
@@ -11,9 +11,9 @@ from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PRE
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rllib_rec.learner import WeightedDQNTorchLearner, combined_weights
-from rllib_rec.module import TransformerDQNModule
-from rllib_rec.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
+from rllib_rec.agent.learner import WeightedDQNTorchLearner, combined_weights
+from rllib_rec.agent.module import TransformerDQNModule
+from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,9 @@ import pathlib
 import pytest
 
 from envs.baselines import BASELINES, run_episodes
-from rllib_rec.checkpoints import checkpoint_config, load_module
-from rllib_rec.evaluate import evaluate_module
-from rllib_rec.train import train
+from rllib_rec.training.checkpoints import checkpoint_config, load_module
+from rllib_rec.training.evaluate import evaluate_module
+from rllib_rec.training.train import train
 
 ROOT = pathlib.Path(__file__).parent.parent
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_offline_agent_beats_the_logging_policy_it_learned_from(tmp_path) -> Non
     import numpy as np
 
     from envs import ECommerceEnv
-    from rllib_rec.collect import collect_logs, make_behaviour, rollout
+    from rllib_rec.offpolicy.collect import collect_logs, make_behaviour, rollout
     from rllib_rec.config import load_config
 
     config = str(ROOT / "configs" / "default.yaml")

@@ -13,7 +13,7 @@ from envs import ECommerceEnv
 from envs.baselines import history_policy
 from rllib_rec.cli import main
 from rllib_rec.config import load_config
-from rllib_rec.logs import (
+from rllib_rec.offpolicy.logs import (
     SCHEMA_VERSION,
     VERSION_KEY,
     LogSchemaError,
@@ -214,8 +214,8 @@ def test_collect_epsilon_greedy_history_episodes(tmp_path) -> None:
 
 
 def test_collect_checkpoint_policy(trained_debug, tmp_path) -> None:
-    from rllib_rec.checkpoints import load_module
-    from rllib_rec.policies import checkpoint_greedy
+    from rllib_rec.training.checkpoints import load_module
+    from rllib_rec.offpolicy.policies import checkpoint_greedy
 
     out = tmp_path / "ckpt.parquet"
     assert main(["collect", "--checkpoint", str(trained_debug.checkpoint), "--policy", "epsilon-greedy",

@@ -1,4 +1,4 @@
-"""Tests for rllib_rec.model: shapes, masking, padding, cold start, weight transfer (torch backend)."""
+"""Tests for rllib_rec.agent.model: shapes, masking, padding, cold start, weight transfer (torch backend)."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rllib_rec.model import MASKED_Q, build_q_model, load_q_model_weights, q_model_weights
+from rllib_rec.agent.model import MASKED_Q, build_q_model, load_q_model_weights, q_model_weights
 
 torch.set_num_threads(1)
 N, T = 12, 20
@@ -114,7 +114,7 @@ _TFLITE_SCRIPT = textwrap.dedent(
     import json, os, sys, tempfile, numpy as np
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
-    from rllib_rec.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.model import build_q_model, load_q_model_weights
     from ai_edge_litert.interpreter import Interpreter
     d = np.load(sys.argv[1])
     m = build_q_model(12, 20, **json.loads(sys.argv[2]))
@@ -213,7 +213,7 @@ def test_category_features_count_same_category_history_events():
     """The category path equals a brute-force count: whole history, last 3 steps, 0.8-decayed."""
     import keras
 
-    from rllib_rec.model import _history_category_features
+    from rllib_rec.agent.model import _history_category_features
 
     cats = [i % 4 for i in range(N)]
     obs = _obs(np.random.default_rng(7))

@@ -1,4 +1,4 @@
-"""Tests for rllib_rec.module.TransformerDQNModule: masked exploration/inference, ACTION_PROB, targets, trace."""
+"""Tests for rllib_rec.agent.module.TransformerDQNModule: masked exploration/inference, ACTION_PROB, targets, trace."""
 
 import gymnasium as gym
 import numpy as np
@@ -7,8 +7,8 @@ import torch
 from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.core.columns import Columns
 
-from rllib_rec.model import MASKED_Q
-from rllib_rec.module import TransformerDQNModule, masked_epsilon_greedy
+from rllib_rec.agent.model import MASKED_Q
+from rllib_rec.agent.module import TransformerDQNModule, masked_epsilon_greedy
 
 torch.set_num_threads(1)
 N, T = 10, 20

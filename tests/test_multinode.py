@@ -63,7 +63,7 @@ def test_sweep_spreads_trials_over_two_nodes(two_node_cluster, tmp_path: Path) -
     best = json.loads((sweep_dir / "best.json").read_text())
     assert best["trial"] == max(final, key=final.get)
     assert best["value"] == pytest.approx(max(final.values()))
-    from rllib_rec.checkpoints import checkpoint_config, resolve_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_config, resolve_checkpoint
 
     assert checkpoint_config(resolve_checkpoint(best["checkpoint"])).model.embed_dim == best["config"]["model.embed_dim"]
     print((sweep_dir / "trials.txt").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rllib_rec.cli import main
-from rllib_rec.logs import log_arrays, read_logs
+from rllib_rec.offpolicy.logs import log_arrays, read_logs
 
 ROOT = Path(__file__).parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")
@@ -32,7 +32,7 @@ def random_logs(tmp_path_factory) -> Path:
 def test_logged_episodes_become_replay_episodes(random_logs: Path) -> None:
     from ray.rllib.core.columns import Columns
 
-    from rllib_rec.offline import logging_policy_stats, logs_to_episodes
+    from rllib_rec.training.offline import logging_policy_stats, logs_to_episodes
 
     a = log_arrays(read_logs(random_logs))
     episodes = logs_to_episodes(a)

@@ -11,11 +11,11 @@ import pytest
 from envs import ECommerceEnv
 from envs.baselines import history_policy
 from rllib_rec.cli import main
-from rllib_rec.collect import collect_logs, make_behaviour
+from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
 from rllib_rec.config import load_config
-from rllib_rec.logs import log_arrays, read_logs
-from rllib_rec.obd import load_bts_action_dist, load_obd
-from rllib_rec.ope import (
+from rllib_rec.offpolicy.logs import log_arrays, read_logs
+from rllib_rec.offpolicy.obd import load_bts_action_dist, load_obd
+from rllib_rec.offpolicy.estimators import (
     TabularRewardModel,
     effective_sample_size,
     estimate,

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from rllib_rec.checkpoints import checkpoint_meta, latest_checkpoint, load_module
+from rllib_rec.training.checkpoints import checkpoint_meta, latest_checkpoint, load_module
 
 ROOT = Path(__file__).parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")

@@ -119,7 +119,7 @@ def sidecar(model) -> dict:
 
 @pytest.fixture(scope="module")
 def rec(model):
-    from rllib_rec.serve import Recommender
+    from rllib_rec.deploy.serve import Recommender
 
     return Recommender(model)
 
@@ -129,7 +129,7 @@ def client(rec):
     """In-process app with the default body limit; server exceptions propagate (a 5xx fails loudly)."""
     from fastapi.testclient import TestClient
 
-    from rllib_rec.serve import create_app
+    from rllib_rec.deploy.serve import create_app
 
     with TestClient(create_app(rec)) as c:
         yield c
@@ -146,7 +146,7 @@ def small_server(model):
 
 # ---------------------------------------------------------------------------------------------- 1. body size
 def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
-    from rllib_rec.serve import DEFAULT_MAX_BODY_BYTES
+    from rllib_rec.deploy.serve import DEFAULT_MAX_BODY_BYTES
 
     assert DEFAULT_MAX_BODY_BYTES == 64 * 1024
     at_limit = _padded({"items": [1], "events": [3], "k": 1}, DEFAULT_MAX_BODY_BYTES)
@@ -163,7 +163,7 @@ def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
 def test_endless_streamed_body_is_cut_off_at_the_limit(rec) -> None:
     """Driven as ASGI with a receive() that never ends the body: the app must answer 413 after reading
     just past the limit (TestClient would buffer a streamed body itself, so it cannot show this)."""
-    from rllib_rec.serve import create_app
+    from rllib_rec.deploy.serve import create_app
 
     app = create_app(rec, max_body_bytes=10_000)
     pulled = 0
@@ -500,8 +500,8 @@ def _drop(d: pathlib.Path, key: str) -> None:
 
 
 def test_sidecar_format_matches_the_exporter() -> None:
-    from rllib_rec.export import SIDECAR_FORMAT as written
-    from rllib_rec.serve import SIDECAR_FORMAT as accepted
+    from rllib_rec.deploy.export import SIDECAR_FORMAT as written
+    from rllib_rec.deploy.serve import SIDECAR_FORMAT as accepted
 
     assert accepted == written
 
@@ -530,7 +530,7 @@ def test_corrupt_model_is_refused_at_load_with_one_line(model, model_digest, tmp
 
 def test_sidecar_without_a_digest_is_checked_by_size_only(model, tmp_path) -> None:
     """Sidecars written before the digest existed still serve (the size check and LiteRT's verifier remain)."""
-    from rllib_rec.serve import Recommender
+    from rllib_rec.deploy.serve import Recommender
 
     shutil.copyfile(model, tmp_path / "model.tflite")
     shutil.copyfile(model.with_suffix(".json"), tmp_path / "model.json")
@@ -540,7 +540,7 @@ def test_sidecar_without_a_digest_is_checked_by_size_only(model, tmp_path) -> No
 
 
 def test_good_model_still_loads_after_the_faults(model, model_digest) -> None:
-    from rllib_rec.serve import Recommender
+    from rllib_rec.deploy.serve import Recommender
 
     assert Recommender(model).recommend([1, 2], ["view", "click"], k=3)
     assert {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in (model, model.with_suffix(".json"))} == model_digest

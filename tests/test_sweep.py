@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from envs.schema import ConfigError
-from rllib_rec.sweep import SWEEPABLE, load_sweep_config, max_overlap
+from rllib_rec.config.schema import ConfigError
+from rllib_rec.config.sweep import SWEEPABLE, load_sweep_config
+from rllib_rec.tuning.sweep import max_overlap
 
 ROOT = Path(__file__).parent.parent
 SWEEP = ROOT / "configs" / "sweep.yaml"
@@ -128,7 +129,7 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     # best.json names the trial with the best final metric, as Tune's own ResultGrid says.
     from ray import tune
 
-    from rllib_rec.trainable import TunedDQN
+    from rllib_rec.tuning.trainable import TunedDQN
 
     grid = tune.Tuner.restore(str(sweep_dir), trainable=TunedDQN).get_results()
     assert len(grid) == 4 and grid.num_errors == 0
@@ -145,7 +146,7 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     assert "max trials running at once (from trial timestamps): 2" in proc.stderr
 
     # The best checkpoint is a complete project checkpoint carrying the trial's sampled config.
-    from rllib_rec.checkpoints import checkpoint_config, resolve_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_config, resolve_checkpoint
 
     ck = resolve_checkpoint(best["checkpoint"])
     assert checkpoint_config(ck).model.embed_dim == best["config"]["model.embed_dim"]

@@ -27,8 +27,8 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from rllib_rec.cli import main
-from rllib_rec.tracking import UNSENT_FILE
-from rllib_rec.train import TrainResult, summary_lines, train
+from rllib_rec.training.tracking import UNSENT_FILE
+from rllib_rec.training.train import TrainResult, summary_lines, train
 
 ROOT = Path(__file__).parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")

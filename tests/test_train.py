@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from rllib_rec.checkpoints import checkpoint_config, latest_checkpoint, load_module
-from rllib_rec.train import train
+from rllib_rec.training.checkpoints import checkpoint_config, latest_checkpoint, load_module
+from rllib_rec.training.train import train
 
 ROOT = pathlib.Path(__file__).parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")
@@ -96,7 +96,7 @@ def test_checkpoints_every_n_and_at_end(run) -> None:
 
 def test_restore_reproduces_identical_q_values(run) -> None:
     """The learner's module, restored into a fresh Algorithm and loaded alone, gives identical Q."""
-    from rllib_rec.algo import build_algo_config
+    from rllib_rec.agent.algo import build_algo_config
 
     cfg = checkpoint_config(run.checkpoint)
     obs = _obs_batch(cfg.env)
@@ -170,7 +170,7 @@ def test_local_run_starts_a_private_ray_instead_of_joining_a_ray_start_cluster(m
     /tmp/ray/ray_current_cluster; a local run must start its own instance instead."""
     import ray
 
-    from rllib_rec import runtime
+    from rllib_rec.agent import runtime
 
     calls: list[dict] = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -188,7 +188,7 @@ def test_validation_selects_the_best_checkpoint_and_survives_resume(tmp_path) ->
     """run.validation_episodes > 0: every checkpoint is scored on validation seeds; best.json names the
     best one, the final evaluation, `evaluate`/`export` of the run dir and TrainResult use it; a resume
     keeps the earlier scores."""
-    from rllib_rec.checkpoints import resolve_checkpoint
+    from rllib_rec.training.checkpoints import resolve_checkpoint
 
     sets = [f"run.output_dir={tmp_path}", "run.iterations=3", "run.checkpoint_every=1",
             "run.validation_episodes=8", "run.eval_episodes=8"]

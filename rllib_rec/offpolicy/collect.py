@@ -1,6 +1,6 @@
 """``rllib-rec collect``: roll a behaviour policy in the simulator and write an interaction log.
 
-The behaviour policy is epsilon-greedy over a greedy part (see :mod:`rllib_rec.policies`), so each row's
+The behaviour policy is epsilon-greedy over a greedy part (see :mod:`rllib_rec.offpolicy.policies`), so each row's
 ``behaviour_prob`` and ``behaviour_dist`` are exact. Episodes run batched across envs (one network call per
 step for a checkpoint policy) and are written in ``episode_id`` order, rows ordered by step.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from envs import ECommerceEnv, EnvConfig
-from envs.schema import to_dict
-from rllib_rec.logs import COLLECT_KEY, ENV_CONFIG_KEY, LogWriter
-from rllib_rec.policies import GreedyFn, baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
+from rllib_rec.config.schema import to_dict
+from rllib_rec.offpolicy.logs import COLLECT_KEY, ENV_CONFIG_KEY, LogWriter
+from rllib_rec.offpolicy.policies import GreedyFn, baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
 
 __all__ = ["BehaviourPolicy", "CollectResult", "make_behaviour", "rollout", "collect_logs"]
 
@@ -100,7 +100,7 @@ def rollout(
     seed: int = 0,
     batch_envs: int = 64,
 ) -> Iterator[list[Row]]:
-    """Yield each episode's rows (dicts in :class:`rllib_rec.logs.LogWriter.add`'s arguments), in episode
+    """Yield each episode's rows (dicts in :class:`rllib_rec.offpolicy.logs.LogWriter.add`'s arguments), in episode
     order. Episode ``i`` is ``reset(seed=seed + i)``, so the same seed gives every policy the same users."""
     rng = np.random.default_rng([seed, 11])  # the behaviour policy's own randomness
     envs = [ECommerceEnv(env_config) for _ in range(max(1, min(batch_envs, n_episodes)))]

@@ -10,7 +10,7 @@ Per sample i of a replayed batch the Huber TD loss is multiplied by
   errors logged by the stock loss are unweighted, so priority updates keep working.
 * ``p_i`` = ``batch[Columns.ACTION_PROB]``: the behaviour probability of the logged action, written by
   `TransformerDQNModule._forward_exploration` ((1 - eps) * 1[a = greedy] + eps / |mask|) and carried
-  through replay by the buffers in `rllib_rec.replay` (give one as `replay_buffer_config["type"]`).
+  through replay by the buffers in `rllib_rec.agent.replay` (give one as `replay_buffer_config["type"]`).
   ``min(1/p, clip)`` is computed as ``1 / max(p, 1/clip)`` so p = 0 or a missing prob cannot blow up.
 
 Normalisation (decision): the combined weight is divided by its **batch mean** (self-normalised
@@ -79,7 +79,7 @@ def combined_weights(
         if behaviour_probs is None:
             raise ValueError(
                 "use_ips=True but the batch has no ACTION_PROB column: use TransformerDQNModule and a "
-                "buffer from rllib_rec.replay (PRIORITIZED_BUFFER / UNIFORM_BUFFER)"
+                "buffer from rllib_rec.agent.replay (PRIORITIZED_BUFFER / UNIFORM_BUFFER)"
             )
         if ips_clip < 1.0:
             raise ValueError(f"ips_clip must be >= 1, got {ips_clip}")

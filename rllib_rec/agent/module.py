@@ -1,6 +1,6 @@
 """RLlib RLModule wrapping the Keras Transformer Q-network (Keras on the torch backend).
 
-`TransformerDQNModule` plugs `rllib_rec.model.build_q_model` into RLlib's new API stack DQN:
+`TransformerDQNModule` plugs `rllib_rec.agent.model.build_q_model` into RLlib's new API stack DQN:
 
 * The Keras model *is* a `torch.nn.Module` under `KERAS_BACKEND=torch`, so RLlib's torch optimizer,
   `state_dict` weight sync and checkpointing work unchanged. State-dict keys are
@@ -37,7 +37,7 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_rec.model import build_q_model
+from rllib_rec.agent.model import build_q_model
 
 __all__ = ["DEFAULT_MODEL_CONFIG", "TransformerDQNModule", "masked_epsilon_greedy"]
 
@@ -91,7 +91,7 @@ def masked_epsilon_greedy(
 
 
 class TransformerDQNModule(DefaultDQNTorchRLModule):
-    """DQN RLModule whose Q-network is the Keras Transformer from `rllib_rec.model`."""
+    """DQN RLModule whose Q-network is the Keras Transformer from `rllib_rec.agent.model`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Skip DefaultDQNTorchRLModule.__init__, which forces DQNCatalog: that catalog cannot handle a

@@ -13,16 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rllib_rec.runtime import use_torch_keras_backend
+from rllib_rec.agent.runtime import use_torch_keras_backend
 
 use_torch_keras_backend()
 
 from ray.rllib.algorithms.dqn import DQN  # noqa: E402
 
-from rllib_rec.registry import RUNTIME_KEY  # noqa: E402
-from rllib_rec.sweep import PLACEMENT_KEY  # noqa: E402
+from rllib_rec.agent.registry import RUNTIME_KEY  # noqa: E402
 
-__all__ = ["InjectedTrialError", "TunedDQN"]
+__all__ = ["PLACEMENT_KEY", "InjectedTrialError", "TunedDQN"]
+
+PLACEMENT_KEY = "placement"  # a trial result's entry: {"trial_node": id, "env_runner_nodes": [ids]}
 
 
 class InjectedTrialError(RuntimeError):

@@ -78,7 +78,7 @@ def evaluation_table(
 def evaluate_checkpoint(
     checkpoint: str | Path, n_episodes: int | None = None, seed: int | None = None
 ) -> dict[str, dict[str, float]]:
-    from rllib_rec.checkpoints import checkpoint_config, load_module, resolve_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt)

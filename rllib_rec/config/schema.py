@@ -3,7 +3,8 @@
 Dataclass fields carry their constraints in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (strict lower
 bound), ``choices`` and ``doc``. :func:`build` turns a nested mapping into nested dataclasses and raises
 :class:`ConfigError` whose message names the key path and the problem, in one line. This module is shared
-by the simulator and the service, so it depends on nothing but the standard library.
+by every section of the experiment config, the simulator's (``envs.config``) included: the simulator's
+dataclasses carry the same metadata, and this module is what checks it.
 """
 
 from __future__ import annotations
@@ -15,24 +16,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "merge_dicts", "describe"]
+from envs.config import EnvConfigError
+from rllib_rec.errors import ConfigError
+
+__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "merge_dicts"]
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, mistyped or out of range.
-
-    ``str(err)`` is a single line: ``<source>: <key.path>: <problem>``.
-    """
-
-    def __init__(self, path: str, problem: str, source: str | None = None) -> None:
-        self.path, self.problem, self.source = path, problem, source
-        parts = [p for p in (source, path) if p]
-        super().__init__(": ".join([*parts, problem]))
-
-    def with_source(self, source: str) -> ConfigError:
-        return ConfigError(self.path, self.problem, source)
 
 
 def spec(default: Any, doc: str, **bounds: Any) -> Any:
@@ -161,10 +150,10 @@ def build(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
     if callable(validate):
         try:
             validate()
-        except ConfigError as e:
+        except (ConfigError, EnvConfigError) as e:
             if path and not e.path.startswith(path + "."):
                 raise ConfigError(f"{path}.{e.path}", e.problem) from None
-            raise
+            raise ConfigError(e.path, e.problem) from None
     return obj
 
 
@@ -200,18 +189,3 @@ def merge_dicts(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
         else:
             out[k] = copy.deepcopy(v)
     return out
-
-
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Rows of (key path, type, default, doc) for documentation and ``--help`` output."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    obj = cls()
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key))
-        else:
-            rows.append((key, _type_name(tp), getattr(obj, f.name), f.metadata.get("doc", "")))
-    return rows

@@ -40,7 +40,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from envs import ECommerceEnv
-    from rllib_rec.logs import LogArrays
+    from rllib_rec.offpolicy.logs import LogArrays
 
 __all__ = [
     "ESTIMATORS",
@@ -353,7 +353,7 @@ def _per_episode(
 def per_decision_ips(episode_id: np.ndarray, w: np.ndarray, rewards: np.ndarray, gamma: float = 1.0) -> float:
     """Per-decision importance sampling of the episode return:
     ``mean_episodes sum_t gamma^t (prod_{s<=t} w_s) r_t``. Rows of an episode must be consecutive and in
-    step order (as in :mod:`rllib_rec.logs`)."""
+    step order (as in :mod:`rllib_rec.offpolicy.logs`)."""
     return float(np.mean(_per_episode(episode_id, np.asarray(w, float), np.asarray(rewards, float), gamma)[0]))
 
 
@@ -399,7 +399,7 @@ def target_distribution(
     """[n, N] target distribution on every logged row: ``random`` (uniform over the row's candidates), an
     observation-only baseline (``env`` supplies the catalog), or ``module``'s greedy action; epsilon-greedy
     with ``epsilon`` (0 = deterministic, i.e. one-hot)."""
-    from rllib_rec.policies import baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
+    from rllib_rec.offpolicy.policies import baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
 
     mask = arrays.obs["action_mask"]
     if module is None and policy == "random":
@@ -453,7 +453,7 @@ def mean_with_ci(name: str, values: np.ndarray, n_bootstrap: int = 1000, seed: i
 
 def estimates_table(estimates: Sequence[Estimate]) -> str:
     """``estimator  estimate  95% CI  ESS`` as a plain-text table."""
-    from rllib_rec.report import format_table
+    from rllib_rec.tables import format_table
 
     rows = []
     for e in estimates:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rllib_rec.errors import TrackingError
+
 __all__ = ["resolve_tracking_uri", "redact", "redact_values", "TrackingError", "connect", "local_store_hint",
            "use_tracking_uri", "RunLogger", "UNSENT_FILE"]
 
@@ -39,8 +41,6 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/
 _SECRET_QUERY = re.compile(r"(?i)((?:token|password|secret|key|sig|signature)=)[^&\s]+")
 
 
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used; the message is one line and contains no credentials."""
 
 
 def redact(text: str) -> str:

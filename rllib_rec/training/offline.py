@@ -1,7 +1,7 @@
 """Offline training: the same Transformer-DQN, learned from interaction logs instead of the simulator.
 
 `rllib-rec train --offline LOGS.parquet` builds the algorithm exactly as online training does
-(:func:`rllib_rec.algo.build_algo_config`), fills its replay buffer once with the logged episodes
+(:func:`rllib_rec.agent.algo.build_algo_config`), fills its replay buffer once with the logged episodes
 (behaviour probabilities as ``Columns.ACTION_PROB``, so the learner's clipped inverse-propensity weights
 apply), and then runs only the replay half of DQN's training step: sample, update, re-prioritise, sync the
 target network. No env step is taken; the simulator is used only to evaluate the result at the end.
@@ -25,7 +25,7 @@ import numpy as np
 from envs.baselines import EpisodeStats
 from envs.response import CLICK, PURCHASE
 from rllib_rec.config import ExperimentConfig
-from rllib_rec.logs import LogArrays, LogSchemaError, log_arrays, read_logs
+from rllib_rec.offpolicy.logs import LogArrays, LogSchemaError, log_arrays, read_logs
 
 __all__ = [
     "OfflineData",

@@ -8,17 +8,17 @@ from pathlib import Path
 
 __all__ = ["DEBUG_CONFIG", "run_demo"]
 
-DEBUG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
+DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 
 def run_demo(overrides: Sequence[str] = (), tracking_uri: str | None = None,
              log: Callable[[str], None] = print) -> list[str]:
     """Returns the summary lines (also printed by the CLI)."""
     from envs import EVENT_NAMES, ECommerceEnv
-    from rllib_rec.checkpoints import checkpoint_config
-    from rllib_rec.export import export_checkpoint
-    from rllib_rec.serve import Recommender
-    from rllib_rec.train import summary_lines, train
+    from rllib_rec.deploy.export import export_checkpoint
+    from rllib_rec.deploy.serve import Recommender
+    from rllib_rec.training.checkpoints import checkpoint_config
+    from rllib_rec.training.train import summary_lines, train
 
     if not DEBUG_CONFIG.is_file():
         raise FileNotFoundError(f"{DEBUG_CONFIG}: the demo's config is missing (run from a source checkout)")

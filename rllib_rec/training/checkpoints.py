@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from rllib_rec.config import ExperimentConfig, config_from_dict, read_yaml
+from rllib_rec.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -52,8 +53,6 @@ CONFIG_FILE = "experiment.yaml"
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or unreadable (one-line message naming the path)."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -180,7 +179,7 @@ def module_path(ckpt: Path) -> Path:
 
 def load_module(ckpt: Path) -> Any:
     """The trained RLModule (torch/Keras) of a checkpoint, ready for ``forward_inference``."""
-    from rllib_rec.runtime import use_torch_keras_backend
+    from rllib_rec.agent.runtime import use_torch_keras_backend
 
     use_torch_keras_backend()
     from ray.rllib.core.rl_module.rl_module import RLModule

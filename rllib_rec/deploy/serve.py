@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from rllib_rec.errors import RequestError, ServeError
+
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "HEAVY_MODULES",
@@ -62,18 +64,14 @@ MAX_HISTORY = 10_000  # longer requests are refused (only the last history_lengt
 # Ample for any useful request (a full history plus an explicit candidate list of a few thousand ids);
 # anything bigger is a mistake or abuse, and is refused before it is read into memory.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-# What rllib_rec.export writes; a copy, not an import, so serving stays off the training stack (a test
+# What rllib_rec.deploy.export writes; a copy, not an import, so serving stays off the training stack (a test
 # checks the two agree).
 SIDECAR_FORMAT = "rllib-rec-tflite/1"
 _INPUTS = ("items", "events", "action_mask")
 
 
-class ServeError(RuntimeError):
-    """The model cannot be served (missing/invalid file or sidecar, bad option); one-line message."""
 
 
-class RequestError(ValueError):
-    """A request is invalid; the message is returned as the 422 ``detail``."""
 
 
 def _show(value: Any, limit: int = 40) -> str:
@@ -441,8 +439,3 @@ def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int
     uvicorn.run(create_app(rec, max_body_bytes), host=host, port=int(port), log_level="warning",
                 access_log=False)
 
-
-if __name__ == "__main__":  # `python -m rllib_rec.serve --model m.tflite`: same as `rllib-rec serve`
-    from rllib_rec.cli import main
-
-    sys.exit(main(["serve", *sys.argv[1:]]))

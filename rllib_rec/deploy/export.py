@@ -6,7 +6,7 @@ torch:
 1. This process (torch Keras) restores the checkpoint's RLModule, dumps its Q-network weights (by Keras
    variable path) to an ``.npz`` in a temp dir, and records the module's own Q-values on ``samples``
    observations drawn from the simulator with an epsilon-greedy policy (the reference, "Q_checkpoint").
-2. A child ``python -m rllib_rec.export --convert JOB`` with ``KERAS_BACKEND=tensorflow`` rebuilds the
+2. A child ``python -m rllib_rec.deploy.export --convert JOB`` with ``KERAS_BACKEND=tensorflow`` rebuilds the
    network from the checkpoint's *recorded* config, loads the weights (strictly: a wrong architecture
    fails), exports a SavedModel, converts it with ``TFLITE_BUILTINS`` only (no Flex: pip TF cannot run
    it) per quantisation mode, and runs every sample through ``ai_edge_litert`` at batch 1 (what
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from rllib_rec.errors import ExportError
+
 __all__ = [
     "QUANT_MODES",
     "TOLERANCES",
@@ -54,7 +56,7 @@ SIGNATURE = "serving_default"
 SIDECAR_FORMAT = "rllib-rec-tflite/1"
 _FILE_STEMS = {"none": "model", "fp16": "model_fp16", "dynamic-int8": "model_int8"}
 _INPUTS = ("items", "events", "action_mask")
-# Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.model); anything above this
+# Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.agent.model); anything above this
 # threshold in a masked slot means the mask was lost in conversion.
 _MASKED_THRESHOLD = -1e8
 
@@ -84,8 +86,6 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-class ExportError(RuntimeError):
-    """Export failed (bad source, existing target, conversion or parity failure); one-line message."""
 
 
 @dataclass
@@ -108,7 +108,7 @@ def model_filename(mode: str) -> str:
 def resolve_source(checkpoint: str | None = None, best: str | None = None) -> Path:
     """The checkpoint to export: ``--checkpoint`` (checkpoint or run dir) or ``--best best.json``, a JSON
     object ``{"checkpoint": path, ...}`` written by the sweep (a relative path is relative to the JSON)."""
-    from rllib_rec.checkpoints import checkpoint_named_by, resolve_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_named_by, resolve_checkpoint
 
     if (checkpoint is None) == (best is None):
         raise ExportError("give exactly one of --checkpoint PATH or --best best.json")
@@ -176,7 +176,7 @@ def sample_observations(
 def model_build_kwargs(cfg: Any) -> dict[str, Any]:
     """``build_q_model`` kwargs (JSON-able) of a checkpoint's recorded config: what the TF side rebuilds."""
     from envs import N_EVENT_TYPES
-    from rllib_rec.algo import module_model_config
+    from rllib_rec.agent.algo import module_model_config
 
     return {
         **module_model_config(cfg),
@@ -188,7 +188,7 @@ def model_build_kwargs(cfg: Any) -> dict[str, Any]:
 
 def _module_weights(module: Any) -> dict[str, np.ndarray]:
     """The Q-network weights of a restored RLModule by Keras variable path (a seam for tests)."""
-    from rllib_rec.model import q_model_weights
+    from rllib_rec.agent.model import q_model_weights
 
     return q_model_weights(module.qnet)
 
@@ -278,7 +278,7 @@ def export_checkpoint(
     All modes pass the gate or nothing is written. Raises ExportError / CheckpointError / ConfigError /
     TrackingError with one-line messages.
     """
-    from rllib_rec.checkpoints import checkpoint_config, checkpoint_meta
+    from rllib_rec.training.checkpoints import checkpoint_config, checkpoint_meta
 
     modes = list(dict.fromkeys(quantize))
     bad = [m for m in modes if m not in QUANT_MODES]
@@ -299,7 +299,7 @@ def export_checkpoint(
     # Tracking first: fail in seconds, before any conversion work, if the store is unusable.
     uri = experiment_id = None
     if track:
-        from rllib_rec.tracking import connect, resolve_tracking_uri
+        from rllib_rec.training.tracking import connect, resolve_tracking_uri
 
         run_dir = _run_dir(ckpt)
         store_dir = run_dir.parent if run_dir else out_dir
@@ -310,8 +310,8 @@ def export_checkpoint(
         experiment_id = connect(uri, cfg.run.experiment, store_dir)
 
     from envs import EVENT_NAMES
-    from rllib_rec.checkpoints import load_module
-    from rllib_rec.runtime import set_torch_threads
+    from rllib_rec.agent.runtime import set_torch_threads
+    from rllib_rec.training.checkpoints import load_module
 
     t0 = time.perf_counter()
     module = load_module(ckpt)
@@ -421,7 +421,7 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
 def _run_converter(work: Path) -> None:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rllib_rec.export", "--convert", str(work)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "rllib_rec.deploy.export", "--convert", str(work)], env=env,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not (work / "result.json").is_file():
         err = (work / "error.txt").read_text().strip() if (work / "error.txt").is_file() else ""
@@ -438,7 +438,7 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
     in MLflow 3, so the version is created from the artifact directory with the client API."""
     import mlflow
 
-    from rllib_rec.tracking import TrackingError, redact
+    from rllib_rec.training.tracking import TrackingError, redact
 
     client = mlflow.MlflowClient(uri)
     try:
@@ -504,7 +504,7 @@ def _convert_main(work: Path) -> None:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from rllib_rec.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.model import build_q_model, load_q_model_weights
 
     job = json.loads((work / "job.json").read_text())
     bk = job["build_kwargs"]
@@ -589,7 +589,7 @@ def _parity(q_single: np.ndarray, q_batch: np.ndarray, q_ref: np.ndarray, cand: 
 
 def _child(argv: Sequence[str]) -> int:
     if len(argv) != 2 or argv[0] != "--convert":
-        print("usage: python -m rllib_rec.export --convert JOB_DIR (internal; use `rllib-rec export`)",
+        print("usage: python -m rllib_rec.deploy.export --convert JOB_DIR (internal; use `rllib-rec export`)",
               file=sys.stderr)
         return 2
     work = Path(argv[1])

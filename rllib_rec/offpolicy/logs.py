@@ -1,6 +1,6 @@
 """Interaction logs: one Parquet file, one row per environment step, with exact behaviour probabilities.
 
-These logs are what off-policy evaluation (:mod:`rllib_rec.ope`) and offline training read. The schema
+These logs are what off-policy evaluation (:mod:`rllib_rec.offpolicy.estimators`) and offline training read. The schema
 (version :data:`SCHEMA_VERSION`, stored in the Parquet schema metadata under :data:`VERSION_KEY`):
 
 ====================  ===================================  ===============================================
@@ -62,6 +62,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rllib_rec.errors import LogSchemaError
+
 __all__ = [
     "SCHEMA_VERSION",
     "VERSION_KEY",
@@ -77,9 +79,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-VERSION_KEY = b"rllib_rec.logs.schema_version"
-ENV_CONFIG_KEY = b"rllib_rec.logs.env_config"
-COLLECT_KEY = b"rllib_rec.logs.collect"
+VERSION_KEY = b"rllib_rec.offpolicy.logs.schema_version"
+ENV_CONFIG_KEY = b"rllib_rec.offpolicy.logs.env_config"
+COLLECT_KEY = b"rllib_rec.offpolicy.logs.collect"
 DEFAULT_ROW_GROUP_SIZE = 8192
 
 # Scalar columns and their types; list columns are described by (value type, dimension name).
@@ -113,8 +115,6 @@ COLUMNS = (
 _NULLABLE = {"behaviour_dist"}
 
 
-class LogSchemaError(ValueError):
-    """An interaction log is missing, unreadable or not in this schema (one-line message naming the file)."""
 
 
 def log_schema(n_items: int, history_length: int, metadata: Mapping[bytes, bytes] | None = None) -> pa.Schema:

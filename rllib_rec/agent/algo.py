@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from envs import Catalog
-from envs.schema import to_dict
+from rllib_rec.agent.runtime import use_torch_keras_backend
 from rllib_rec.config import ExperimentConfig
-from rllib_rec.runtime import use_torch_keras_backend
+from rllib_rec.config.schema import to_dict
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.dqn import DQNConfig
@@ -16,7 +16,7 @@ __all__ = ["build_algo_config", "module_model_config", "learner_config"]
 
 
 def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """``model_config`` for :class:`rllib_rec.module.TransformerDQNModule`."""
+    """``model_config`` for :class:`rllib_rec.agent.module.TransformerDQNModule`."""
     m = cfg.model
     return {
         "embed_dim": m.embed_dim,
@@ -40,7 +40,7 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
 def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The training envs' config: the env section (with ``dqn.explore_item_dropout`` folded into its
     ``item_dropout``), plus the watchdog and injected faults under ``RUNTIME_KEY`` (see registry.py)."""
-    from rllib_rec.registry import RUNTIME_KEY
+    from rllib_rec.agent.registry import RUNTIME_KEY
 
     f = cfg.faults
     runtime = {"env_step_timeout_s": cfg.run.env_step_timeout_s, "env_crash_rate": f.env_crash_rate,
@@ -56,7 +56,7 @@ def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """``learner_config_dict`` for :class:`rllib_rec.learner.WeightedDQNTorchLearner`."""
+    """``learner_config_dict`` for :class:`rllib_rec.agent.learner.WeightedDQNTorchLearner`."""
     d = cfg.dqn
     return {"use_per": d.prioritized_replay, "use_ips": d.ips_weights, "ips_clip": d.ips_clip, "normalize": "mean"}
 
@@ -68,10 +68,10 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from rllib_rec.learner import WeightedDQNTorchLearner
-    from rllib_rec.module import TransformerDQNModule
-    from rllib_rec.registry import register_rllib_env
-    from rllib_rec.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
+    from rllib_rec.agent.learner import WeightedDQNTorchLearner
+    from rllib_rec.agent.module import TransformerDQNModule
+    from rllib_rec.agent.registry import register_rllib_env
+    from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
 
     d, r = cfg.dqn, cfg.run
     replay: dict[str, Any] = {"capacity": d.replay_capacity}

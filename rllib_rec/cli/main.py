@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from envs.schema import ConfigError
+from rllib_rec.errors import RllibRecError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -16,10 +16,6 @@ EPILOG = """\
 Config files are YAML with sections env, model, dqn, run (see configs/ and README). Override any key
 with --set section.key=value (repeatable), e.g. --set env.preset=seed --set dqn.lr=1e-3.
 """
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -161,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "collect",
         help="roll a behaviour policy in the simulator and write an interaction log (Parquet) for OPE / offline RL",
         description="Run --episodes seeded episodes (seeds --seed, --seed+1, ...) of the config's env with a "
-        "behaviour policy and write one row per step to --out (schema: rllib_rec/logs.py). Behaviour "
+        "behaviour policy and write one row per step to --out (schema: rllib_rec/offpolicy/logs.py). Behaviour "
         "probabilities are exact: random = 1/|candidates|; epsilon-greedy = (1-eps)*1[a == greedy] + "
         "eps/|candidates|. The file appears only when complete; an existing file is never overwritten "
         "unless --overwrite.",
@@ -212,15 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_baselines(args: argparse.Namespace) -> None:
     from envs.baselines import BASELINES, run_episodes
     from rllib_rec.config import load_config
-    from rllib_rec.report import policy_table
+    from rllib_rec.tables import policy_table
 
     cfg = load_config(args.config, args.overrides)
     if args.episodes < 2:
-        raise CLIError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
+        raise UsageError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
     names = args.policies or list(BASELINES)
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise CLIError(f"unknown policy {unknown[0]!r} (choose from {', '.join(BASELINES)})")
+        raise UsageError(f"unknown policy {unknown[0]!r} (choose from {', '.join(BASELINES)})")
     seed = cfg.run.eval_seed if args.seed is None else args.seed
     print(f"env preset={cfg.env.preset} items={cfg.env.catalog.n_items} episodes={args.episodes} seeds={seed}..",
           file=sys.stderr)
@@ -233,65 +229,52 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from rllib_rec.train import summary_lines, train
+    from rllib_rec.training.train import summary_lines, train
 
     if not args.config and not args.resume:
-        raise CLIError("give --config FILE (or --resume RUN)")
+        raise UsageError("give --config FILE (or --resume RUN)")
     if args.no_tracking and args.tracking_uri:
-        raise CLIError("--no-tracking and --tracking-uri contradict each other; give one")
+        raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
     result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
                    offline=args.offline, track=not args.no_tracking)
     print("\n".join(summary_lines(result)))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from rllib_rec.evaluate import evaluate_checkpoint
-    from rllib_rec.report import policy_table
+    from rllib_rec.tables import policy_table
+    from rllib_rec.training.evaluate import evaluate_checkpoint
 
     if args.episodes is not None and args.episodes < 2:
-        raise CLIError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
+        raise UsageError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
     print(policy_table(evaluate_checkpoint(args.checkpoint, args.episodes, args.seed)))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from rllib_rec.export import ExportError, export_checkpoint, summary_lines
+    from rllib_rec.deploy.export import export_checkpoint, summary_lines
 
-    try:
-        res = export_checkpoint(args.checkpoint, args.best, args.quantize, args.out, args.samples,
-                                args.tracking_uri, track=not args.no_mlflow,
-                                log=lambda s: print(s, file=sys.stderr))
-    except ExportError as e:
-        raise CLIError(str(e)) from None
+    res = export_checkpoint(args.checkpoint, args.best, args.quantize, args.out, args.samples,
+                            args.tracking_uri, track=not args.no_mlflow, log=lambda s: print(s, file=sys.stderr))
     print("\n".join(summary_lines(res)))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     # Imported lazily and free of TF/torch/Keras/Ray: the serving process only loads LiteRT.
-    from rllib_rec.serve import ServeError, run_server
+    from rllib_rec.deploy.serve import run_server
 
-    try:
-        run_server(args.model, host=args.host, port=args.port, threads=args.threads,
-                   max_body_bytes=args.max_body_bytes)
-    except ServeError as e:
-        raise CLIError(str(e)) from None
+    run_server(args.model, host=args.host, port=args.port, threads=args.threads, max_body_bytes=args.max_body_bytes)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from rllib_rec.demo import run_demo
-    from rllib_rec.export import ExportError
+    from rllib_rec.cli.demo import run_demo
 
-    try:
-        lines = run_demo(args.overrides, args.tracking_uri)
-    except ExportError as e:
-        raise CLIError(str(e)) from None
-    print("\n".join(lines))
+    print("\n".join(run_demo(args.overrides, args.tracking_uri)))
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from rllib_rec.sweep import run_sweep
+    from rllib_rec.tuning.sweep import run_sweep
 
     if args.no_tracking and args.tracking_uri:
-        raise CLIError("--no-tracking and --tracking-uri contradict each other; give one")
+        raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
     res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
                     log=lambda s: print(s, file=sys.stderr), track=not args.no_tracking)
     print(f"best.json: {res.best_json}")
@@ -299,7 +282,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from rllib_rec.submit import submit
+    from rllib_rec.deploy.submit import submit
 
     job_args = [a for a in args.job_args]
     if job_args[:1] == ["--"]:
@@ -308,7 +291,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return submit(args.address, job_args, args.python, args.working_dir, args.no_wait, args.dry_run,
                       args.submission_id)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
 def _resolve_env_config(config: str | None, overrides: list[str], ckpt_cfg=None):  # noqa: ANN001, ANN202
@@ -322,7 +305,7 @@ def _resolve_env_config(config: str | None, overrides: list[str], ckpt_cfg=None)
 
 
 def _load_checkpoint_module(path: str):  # noqa: ANN202
-    from rllib_rec.checkpoints import checkpoint_config, load_module, resolve_checkpoint
+    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     return ckpt, checkpoint_config(ckpt), load_module(ckpt)
@@ -332,31 +315,31 @@ def _check_module_fits(module, n_items: int, history_length: int, what: str) -> 
     m_items = int(module.action_space.n)
     m_hist = int(module.observation_space["items"].shape[0])
     if (m_items, m_hist) != (n_items, history_length):
-        raise CLIError(f"checkpoint expects {m_items} items and history {m_hist}, {what} has {n_items} items "
+        raise UsageError(f"checkpoint expects {m_items} items and history {m_hist}, {what} has {n_items} items "
                        f"and history {history_length}")
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
     from envs import ECommerceEnv
     from envs.baselines import BASELINES
-    from rllib_rec.collect import collect_logs, make_behaviour
+    from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
 
     choices = ["random", "epsilon-greedy", "checkpoint", *[b for b in BASELINES if b != "random"]]
     if args.policy not in choices:
-        raise CLIError(f"unknown --policy {args.policy!r} (choose from {', '.join(choices)})")
+        raise UsageError(f"unknown --policy {args.policy!r} (choose from {', '.join(choices)})")
     if args.episodes < 1:
-        raise CLIError(f"--episodes must be >= 1, got {args.episodes}")
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
     if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:
-        raise CLIError(f"--epsilon must be in [0, 1], got {args.epsilon}")
+        raise UsageError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     if args.policy == "checkpoint" and not args.checkpoint:
-        raise CLIError("--policy checkpoint needs --checkpoint")
+        raise UsageError("--policy checkpoint needs --checkpoint")
     if args.checkpoint and args.policy not in ("checkpoint", "epsilon-greedy"):
-        raise CLIError(f"--checkpoint applies to --policy checkpoint or epsilon-greedy, not {args.policy!r}")
+        raise UsageError(f"--checkpoint applies to --policy checkpoint or epsilon-greedy, not {args.policy!r}")
     if not args.config and not args.checkpoint:
-        raise CLIError("give --config FILE (or --checkpoint CKPT to use its config)")
+        raise UsageError("give --config FILE (or --checkpoint CKPT to use its config)")
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # before any expensive work
-        raise CLIError(f"{out}: already exists; refusing to overwrite it (use --overwrite or another --out)")
+        raise UsageError(f"{out}: already exists; refusing to overwrite it (use --overwrite or another --out)")
     module = ckpt = ckpt_cfg = None
     if args.checkpoint:
         ckpt, ckpt_cfg, module = _load_checkpoint_module(args.checkpoint)
@@ -369,31 +352,28 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         behaviour = make_behaviour(args.policy, env, epsilon=args.epsilon, base=args.base, module=module,
                                    checkpoint=str(ckpt) if ckpt else None, seed=seed)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     print(f"collect: policy={behaviour.policy_id} env preset={cfg.env.preset} items={env.n_items} "
           f"episodes={args.episodes} seeds={seed}..", file=sys.stderr)
     try:
         res = collect_logs(out, cfg.env, behaviour, args.episodes, seed=seed, overwrite=args.overwrite,
                            log=lambda s: print(s, file=sys.stderr))
     except (FileExistsError, IsADirectoryError) as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(str(e)) from None
     print(res.summary())
 
 
 def _cmd_ope(args: argparse.Namespace) -> None:
-    from rllib_rec.ope import estimates_table
+    from rllib_rec.offpolicy.estimators import estimates_table
 
     if args.n_bootstrap < 2:
-        raise CLIError(f"--n-bootstrap must be >= 2, got {args.n_bootstrap}")
+        raise UsageError(f"--n-bootstrap must be >= 2, got {args.n_bootstrap}")
     if args.obd:
-        from rllib_rec.obd import OBDError, evaluate_obd
+        from rllib_rec.offpolicy.obd import evaluate_obd
 
         if args.checkpoint or args.policy or args.config:
-            raise CLIError("--obd evaluates its own two policies; --checkpoint/--policy/--config do not apply")
-        try:
-            results = evaluate_obd(args.obd, n_bootstrap=args.n_bootstrap, seed=args.seed)
-        except OBDError as e:
-            raise CLIError(str(e)) from None
+            raise UsageError("--obd evaluates its own two policies; --checkpoint/--policy/--config do not apply")
+        results = evaluate_obd(args.obd, n_bootstrap=args.n_bootstrap, seed=args.seed)
         for i, (name, ests) in enumerate(results.items()):
             print(("\n" if i else "") + f"Open Bandit Dataset: {name} (reward = click)")
             print(estimates_table(ests))
@@ -405,29 +385,29 @@ def _cmd_ope(args: argparse.Namespace) -> None:
 
 def _ope_logs(args: argparse.Namespace, estimates_table) -> None:  # noqa: ANN001
     from envs import ECommerceEnv, make_env_config
-    from rllib_rec.logs import log_arrays, read_logs, read_metadata
-    from rllib_rec.ope import evaluate_logs, target_distribution
+    from rllib_rec.offpolicy.estimators import evaluate_logs, target_distribution
+    from rllib_rec.offpolicy.logs import log_arrays, read_logs, read_metadata
 
     if not args.checkpoint and not args.policy:
-        raise CLIError("give the target policy: --checkpoint CKPT or --policy random|popularity|history")
+        raise UsageError("give the target policy: --checkpoint CKPT or --policy random|popularity|history")
     if not 0.0 <= args.epsilon <= 1.0:
-        raise CLIError(f"--epsilon must be in [0, 1], got {args.epsilon}")
+        raise UsageError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     meta = read_metadata(args.logs)  # validates the file before anything expensive
     n_items, hist = meta["n_items"], meta["history_length"]
     env = module = None
     if args.policy:
         if args.policy not in ("random", "popularity", "history"):
-            raise CLIError(f"--policy {args.policy!r} cannot be evaluated on logs (choose random, popularity or "
+            raise UsageError(f"--policy {args.policy!r} cannot be evaluated on logs (choose random, popularity or "
                            "history; the oracles read hidden state that logs do not record)")
         if args.config:
             env_cfg = _resolve_env_config(args.config, args.overrides).env
         elif meta["env_config"] is not None:
             env_cfg = make_env_config(meta["env_config"], "env")
         else:
-            raise CLIError(f"{args.logs}: no env config in the log's metadata; give --config")
+            raise UsageError(f"{args.logs}: no env config in the log's metadata; give --config")
         env = ECommerceEnv(env_cfg)
         if (env.n_items, env.history_length) != (n_items, hist):
-            raise CLIError(f"env has {env.n_items} items and history {env.history_length}, the log has "
+            raise UsageError(f"env has {env.n_items} items and history {env.history_length}, the log has "
                            f"{n_items} and {hist}")
         target = args.policy if args.epsilon == 0 or args.policy == "random" else \
             f"epsilon-greedy({args.policy},eps={args.epsilon:g})"
@@ -476,21 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from rllib_rec.checkpoints import CheckpointError
-    from rllib_rec.tracking import TrackingError, redact
+    from rllib_rec.training.tracking import redact
 
     try:
         rc = COMMANDS[args.command](args)
-    except (ConfigError, CLIError, CheckpointError, TrackingError) as e:
+    except RllibRecError as e:
         # redact: a config error may quote the offending value, and a value may be a credentialed URL
-        print(f"rllib-rec {args.command}: error: {redact(str(e))}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        # LogSchemaError (a ValueError) is matched without importing rllib_rec.logs here: that would load
-        # pyarrow into every command, `serve` included. If one was raised, the module is already loaded.
-        logs = sys.modules.get("rllib_rec.logs")
-        if logs is None or not isinstance(e, logs.LogSchemaError):
-            raise
         print(f"rllib-rec {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

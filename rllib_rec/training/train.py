@@ -13,8 +13,16 @@ from typing import Any
 
 import yaml
 
-from envs.schema import ConfigError, flatten
-from rllib_rec.checkpoints import (
+from rllib_rec.config import (
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+    merge_dicts,
+    parse_overrides,
+    read_yaml,
+)
+from rllib_rec.config.schema import ConfigError, flatten
+from rllib_rec.training.checkpoints import (
     BEST_FILE,
     CheckpointError,
     atomic_write_text,
@@ -26,15 +34,7 @@ from rllib_rec.checkpoints import (
     selected_checkpoint,
     write_checkpoint,
 )
-from rllib_rec.config import (
-    ExperimentConfig,
-    config_from_dict,
-    load_config,
-    merge_dicts,
-    parse_overrides,
-    read_yaml,
-)
-from rllib_rec.tracking import (
+from rllib_rec.training.tracking import (
     RunLogger,
     TrackingError,
     connect,
@@ -179,12 +179,12 @@ def train(
     """Train (or resume) a run; returns where everything went. Raises ConfigError/CheckpointError/
     TrackingError/LogSchemaError for user errors, before any training work where possible.
 
-    ``offline``: a Parquet log (``rllib_rec.logs``) to learn from instead of the simulator (see
-    ``rllib_rec.offline``); a resumed offline run keeps using the log it started with.
+    ``offline``: a Parquet log (``rllib_rec.offpolicy.logs``) to learn from instead of the simulator (see
+    ``rllib_rec.training.offline``); a resumed offline run keeps using the log it started with.
 
     ``track=False`` (``--no-tracking``): no MLflow at all; metrics.jsonl, checkpoints and the evaluation are
     still written. An MLflow outage *during* a run never stops it (see ``tracking.RunLogger``)."""
-    from rllib_rec.runtime import use_torch_keras_backend
+    from rllib_rec.agent.runtime import use_torch_keras_backend
 
     use_torch_keras_backend()
 
@@ -220,7 +220,7 @@ def train(
         raise ConfigError("--offline", f"run {run_dir} was trained online; it cannot resume offline")
     data = None
     if offline:
-        from rllib_rec.offline import load_offline_data
+        from rllib_rec.training.offline import load_offline_data
 
         data = load_offline_data(offline, cfg)  # validated before any tracking or training work
 
@@ -229,8 +229,8 @@ def train(
     experiment_id = connect(uri, cfg.run.experiment, cfg.run.output_dir) if uri else None
 
     # 3. Algorithm ----------------------------------------------------------------------------------
-    from rllib_rec.algo import build_algo_config
-    from rllib_rec.runtime import init_ray, set_torch_threads
+    from rllib_rec.agent.algo import build_algo_config
+    from rllib_rec.agent.runtime import init_ray, set_torch_threads
 
     set_torch_threads(cfg.run.torch_threads)
     init_ray()
@@ -299,7 +299,7 @@ def train(
         prev_steps = history[-1]["env_steps"] if history else 0.0
         replayed = history[-1].get("replayed_steps", 0.0) if history else 0.0
         if data is not None:
-            from rllib_rec.offline import offline_iteration, updates_per_iteration
+            from rllib_rec.training.offline import offline_iteration, updates_per_iteration
 
             n_updates = updates_per_iteration(cfg)
         for it in range(first_iter, cfg.run.iterations + 1):
@@ -353,8 +353,8 @@ def train(
             raise CheckpointError(f"{run_dir}: nothing to do (already at iteration {first_iter - 1})")
 
         # 4. Evaluation beside the baselines, learning curve, final records -------------------------
-        from rllib_rec.evaluate import GREEDY_NAME, evaluation_table
-        from rllib_rec.report import policy_table
+        from rllib_rec.tables import policy_table
+        from rllib_rec.training.evaluate import GREEDY_NAME, evaluation_table
 
         final_ckpt = last_ckpt
         if cfg.run.validation_episodes:
@@ -368,7 +368,7 @@ def train(
         log(f"evaluating greedy policy ({final_ckpt.name}) on {cfg.run.eval_episodes} held-out episodes ...")
         evaluation = evaluation_table(load_module(final_ckpt), cfg.env, cfg.run.eval_episodes, cfg.run.eval_seed)
         if data is not None:
-            from rllib_rec.offline import LOGGING_POLICY_NAME, logging_policy_stats
+            from rllib_rec.training.offline import LOGGING_POLICY_NAME, logging_policy_stats
 
             evaluation[LOGGING_POLICY_NAME] = logging_policy_stats(data.arrays).summary()
         table = policy_table(evaluation)
@@ -394,7 +394,7 @@ def _validate(ckpt: Path, cfg: ExperimentConfig, run_dir: Path, scores: dict[str
     """Greedy return of ``ckpt`` on the validation seeds; records it in ``scores`` (kept in state.json) and
     rewrites ``best.json`` (atomically) when it is the best so far. Same seeds for every checkpoint, so
     checkpoints are compared on the same users."""
-    from rllib_rec.evaluate import evaluate_module
+    from rllib_rec.training.evaluate import evaluate_module
 
     r = cfg.run
     value = evaluate_module(load_module(ckpt), cfg.env, r.validation_episodes, r.validation_seed).summary()["return_mean"]

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from rllib_rec.ope import Estimate, TabularRewardModel, estimate, mean_with_ci, position_key
+from rllib_rec.errors import OBDError
+from rllib_rec.offpolicy.estimators import Estimate, TabularRewardModel, estimate, mean_with_ci, position_key
 
 __all__ = [
     "N_ITEMS",
@@ -52,8 +53,6 @@ COLUMNS = ("timestamp", "item_id", "position", "click", "propensity_score", *USE
 ACTION_DIST_FILE = "bts_{campaign}_eval_policy_action_dist.npy"
 
 
-class OBDError(ValueError):
-    """Open Bandit Dataset files missing or malformed (one-line message naming the file)."""
 
 
 @dataclass

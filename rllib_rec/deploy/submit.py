@@ -2,7 +2,7 @@
 
 The job ships only what it needs (the source tree, without ``.git``, virtualenvs, runs, exports or MLflow
 stores), sets ``KERAS_BACKEND=torch`` exactly once through the job's runtime_env (Ray refuses to merge the
-same variable from two places, so ``rllib_rec.runtime.init_ray`` adds nothing inside a job), and runs the
+same variable from two places, so ``rllib_rec.agent.runtime.init_ray`` adds nothing inside a job), and runs the
 project's own interpreter, which must exist at the same path on the cluster (``cluster.yaml`` installs it).
 Ray 2.60 clusters started with ``ray start``/``ray up`` use token auth: the CLI sets ``RAY_AUTH_MODE=token``
 for the submission unless the environment already chooses.
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rllib_rec.runtime import KERAS_ENV
+from rllib_rec.agent.runtime import KERAS_ENV
 
 __all__ = ["RUNTIME_EXCLUDES", "job_runtime_env", "submit_command", "submit"]
 

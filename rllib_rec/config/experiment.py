@@ -2,7 +2,7 @@
 
 A config file fully describes a run (sections ``env``, ``model``, ``dqn``, ``run``). ``--set a.b=value``
 overrides are parsed as YAML scalars and validated exactly like the file. Every problem is reported as
-one line naming the file, the key path and the problem (:class:`envs.schema.ConfigError`).
+one line naming the file, the key path and the problem (:class:`rllib_rec.config.schema.ConfigError`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from envs.config import EnvConfig, make_env_config
-from envs.schema import ConfigError, build, flatten, merge_dicts, spec, to_dict
+from envs.config import EnvConfig, EnvConfigError, resolve_preset
+from rllib_rec.config.schema import ConfigError, build, flatten, merge_dicts, spec, to_dict
 
 __all__ = [
     "ConfigError",
@@ -40,7 +40,7 @@ MAX_DEPTH = 8
 
 @dataclass
 class ModelConfig:
-    """The Keras Transformer Q-network (see ``rllib_rec/model.py``)."""
+    """The Keras Transformer Q-network (see ``rllib_rec/agent/model.py``)."""
 
     embed_dim: int = spec(32, "item/event embedding width", min=4, max=1024)
     num_heads: int = spec(2, "attention heads", min=1, max=32)
@@ -71,7 +71,7 @@ class ModelConfig:
 
 @dataclass
 class DQNSettings:
-    """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/algo.py``)."""
+    """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/agent/algo.py``)."""
 
     lr: float = spec(5e-4, "Adam learning rate", gt=0.0, max=1.0)
     lr_end: float | None = spec(
@@ -202,8 +202,11 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) 
     """Validate a plain dict (e.g. parsed YAML) into an :class:`ExperimentConfig`."""
     try:
         data = dict(data or {})
-        env = make_env_config(data.pop("env", None), "env")
+        env = resolve_preset(data.pop("env", None), "env")
         return build(ExperimentConfig, {**data, "env": env})
+    except EnvConfigError as e:
+        err = ConfigError(e.path, e.problem)
+        raise err.with_source(source) if source else err from None
     except ConfigError as e:
         raise e.with_source(source) if source else e from None
 

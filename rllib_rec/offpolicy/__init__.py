@@ -1,0 +1,1 @@
+"""Interaction logs, behaviour policies, off-policy estimators and the Open Bandit Dataset."""

@@ -1,0 +1,1 @@
+"""Training runs: run directory and resume, online and offline loops, checkpoints, evaluation, tracking."""

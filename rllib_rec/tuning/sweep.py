@@ -1,0 +1,255 @@
+"""``rllib-rec tune``: Ray Tune sweeps over the one DQNConfig that :func:`rllib_rec.agent.algo.build_algo_config`
+builds, with the search space of the sweep file (``rllib_rec.config.sweep``) sampled into it; RLlib's
+``Algorithm`` stays the trainable, so trials are ordinary RLlib runs.
+
+Layout of a sweep: ``<sweep.storage_path>/<sweep.name>/`` is Tune's experiment directory (trials,
+checkpoints, state for ``--resume``) plus ``best.json``, ``trials.txt`` and ``best_checkpoint/`` (the best
+trial's checkpoint with ``experiment.yaml``/``rllib_rec.json``, so ``export --best best.json`` takes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rllib_rec.config.sweep import SweepConfig, load_sweep_config
+from rllib_rec.tuning.callbacks import (
+    fmt,
+    metric_value,
+    progress_callback,
+    trial_dirname,
+    trial_tracking_callback,
+)
+from rllib_rec.tuning.search_space import build_param_space, sampled_values, trial_experiment_config
+from rllib_rec.tuning.trainable import PLACEMENT_KEY
+
+__all__ = ["SweepResult", "run_sweep", "max_overlap", "placement_summary"]
+
+
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (concurrency evidence from trials' start/end times)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    best_json: Path
+    best: dict[str, Any]
+    rows: list[dict[str, Any]]
+    table: str
+    max_concurrent: int
+
+
+def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int]:
+    metric, mode = scfg.sweep.metric, scfg.sweep.mode
+    rows, intervals = [], []
+    for r in grid:
+        m = r.metrics or {}
+        value = metric_value(m, metric)
+        df = r.metrics_dataframe
+        if df is not None and len(df) and "timestamp" in df:
+            start = float(df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0])
+            intervals.append((start, float(df["timestamp"].iloc[-1])))
+        rows.append({
+            "trial": str(m.get("trial_id") or Path(r.path).name),
+            "trial_dir": str(r.path),
+            "status": "ERROR" if r.error else "OK",
+            "iterations": int(m.get("training_iteration", 0) or 0),
+            "value": value,
+            "params": sampled_values(scfg, r.config) if r.config else {},
+            "node": str((m.get(PLACEMENT_KEY) or {}).get("trial_node", "")),
+            "env_runner_nodes": list((m.get(PLACEMENT_KEY) or {}).get("env_runner_nodes", [])),
+            "result": r,
+        })
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda row: (math.isnan(row["value"]), sign * row["value"] if not math.isnan(row["value"]) else 0))
+    return rows, max_overlap(intervals)
+
+
+NODE_ID_CHARS = 8  # node ids are 56 hex chars; a prefix tells a handful of nodes apart in a table
+
+
+def placement_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``"<node>: <n> trial(s), <m> with env runners there; ..."`` — where a sweep ran, from trial results."""
+    trials: dict[str, int] = {}
+    runners: dict[str, int] = {}
+    for row in rows:
+        if row.get("node"):
+            trials[row["node"]] = trials.get(row["node"], 0) + 1
+        for node in row.get("env_runner_nodes", []):
+            runners[node] = runners.get(node, 0) + 1
+    parts = []
+    for node in sorted(set(trials) | set(runners)):
+        extra = f", {runners[node]} with env runners there" if node in runners else ""
+        parts.append(f"{node[:NODE_ID_CHARS]}: {trials.get(node, 0)} trial(s){extra}")
+    return "; ".join(parts) or "unknown"
+
+
+def _table(rows: list[dict[str, Any]], metric: str) -> str:
+    keys = sorted({k for row in rows for k in row["params"]})
+    header = ["#", "trial", "status", "iter", metric, *keys, "node"]
+    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), fmt(row["value"]),
+             *[fmt(row["params"].get(k, "")) for k in keys], row.get("node", "")[:NODE_ID_CHARS] or "-"]
+            for i, row in enumerate(rows)]
+    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
+    fmt = "  ".join(f"{{:{'<' if c in (1, 2) else '>'}{w}}}" for c, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*b) for b in body]])
+
+
+def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tuple[Path, Path]:
+    """Copy the best trial's best checkpoint to ``dest`` with the project's metadata (atomic rename)."""
+    from rllib_rec.training.checkpoints import CHECKPOINT_META, CONFIG_FILE, CheckpointError
+
+    r = row["result"]
+    ckpt = None
+    try:
+        ckpt = r.get_best_checkpoint(scfg.sweep.metric, scfg.sweep.mode)
+    except Exception:  # noqa: BLE001 — metric may be missing from checkpoint metrics; fall back to latest
+        ckpt = None
+    ckpt = ckpt or r.checkpoint
+    if ckpt is None:
+        raise CheckpointError(f"{r.path}: best trial has no checkpoint")
+    src = Path(ckpt.path)
+    exp = trial_experiment_config(scfg, r.config)
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False), encoding="utf-8")
+    meta = {"iteration": row["iterations"], "trial": row["trial"], "trial_checkpoint": str(src),
+            "config_hash": exp.config_hash(), "sweep": str(scfg.sweep_dir)}
+    (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if dest.exists():  # a resumed sweep may pick another best: replace the previous copy
+        shutil.rmtree(dest)
+    os.rename(tmp, dest)
+    return dest, src
+
+
+def run_sweep(
+    config_path: str,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+    track: bool = True,
+) -> SweepResult:
+    """Run (or ``resume``) the sweep; returns the sorted trial rows and where ``best.json`` went.
+
+    ``track=False`` (``--no-tracking``): no MLflow logger for the trials and no "best" run."""
+    from rllib_rec.agent.runtime import use_torch_keras_backend
+
+    use_torch_keras_backend()
+    from rllib_rec.training.checkpoints import CheckpointError, atomic_write_text
+    from rllib_rec.training.tracking import connect, redact, resolve_tracking_uri
+
+    scfg = load_sweep_config(config_path, overrides)
+    exp, sw = scfg.experiment, scfg.sweep
+    sweep_dir = scfg.sweep_dir
+    local = "://" not in str(sw.storage_path)
+    state_exists = (sweep_dir / "tuner.pkl").exists() if local else False
+    if local and resume and not state_exists:
+        raise CheckpointError(f"{sweep_dir}: no sweep to resume (tuner.pkl missing)")
+    if local and not resume and sweep_dir.exists():
+        raise CheckpointError(f"{sweep_dir}: sweep directory exists; use --resume, or --set sweep.name=NEW")
+
+    uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri) if track else None
+    experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir) if uri else None  # fail before Ray
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from rllib_rec.agent.runtime import init_ray
+
+    os.environ["RLLIB_REC_TORCH_THREADS"] = str(exp.run.torch_threads)
+    init_ray()
+    algo_class, space = build_param_space(scfg)
+    if resume:
+        log(f"resuming sweep {sweep_dir}")
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=algo_class, resume_unfinished=True,
+                                   resume_errored=True, param_space=space)
+    else:
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sw.max_t or exp.run.iterations,
+                                   grace_period=sw.grace_period, reduction_factor=sw.reduction_factor)
+                     if sw.scheduler == "asha" else FIFOScheduler())
+        tuner = tune.Tuner(
+            algo_class,
+            param_space=space,
+            tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler,
+                                        num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=scfg.name,
+                storage_path=str(sweep_dir.parent) if local else sw.storage_path,
+                stop={"training_iteration": exp.run.iterations},
+                failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
+                callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri else []),
+                           progress_callback(sw.metric, log)],
+                verbose=0,
+            ),
+        )
+        log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}, "
+            f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri) if uri else 'off'})")
+    grid = tuner.fit()
+    # Trial statuses as Tune saved them (the live objects fit() returns after Ctrl-C do not say PENDING).
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(sweep_dir) if local else f"{sw.storage_path.rstrip('/')}/{scfg.name}").trials
+    except Exception:  # noqa: BLE001 — fall back to what fit() returned
+        trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished:  # Tune returns normally after Ctrl-C; do not crown a best from a partial sweep
+        log(f"sweep interrupted with {len(unfinished)} unfinished trial(s); continue with: "
+            f"rllib-rec tune --config {config_path} --resume")
+        raise KeyboardInterrupt
+
+    rows, concurrency = _trial_rows(scfg, grid)
+    table = _table(rows, sw.metric)
+    log(table)
+    log(f"max trials running at once (from trial timestamps): {concurrency}")
+    log(f"trials per Ray node: {placement_summary(rows)}")
+    retried = {t.trial_id: t.num_failures for t in trials if getattr(t, "num_failures", 0)}
+    log("trial errors retried: " + (", ".join(f"{k} x{v}" for k, v in sorted(retried.items())) or "none"))
+    ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
+    if not ok:
+        raise CheckpointError(f"{sweep_dir}: no trial reported {sw.metric}")
+    best_row = ok[0]
+    best_ckpt, trial_ckpt = _materialise_best(scfg, best_row, sweep_dir / "best_checkpoint")
+    best = {"checkpoint": str(best_ckpt), "trial_checkpoint": str(trial_ckpt), "metric": sw.metric,
+            "mode": sw.mode, "value": best_row["value"], "trial": best_row["trial"], "trial_dir": best_row["trial_dir"],
+            "config": best_row["params"]}
+    best_json = sweep_dir / "best.json"
+    atomic_write_text(best_json, json.dumps(best, indent=2))
+    atomic_write_text(sweep_dir / "trials.txt", table + "\n")
+
+    if uri is not None:  # None: --no-tracking
+        import mlflow
+
+        experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scfg.name}-best"):
+            mlflow.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
+                             "checkpoint_path": str(best_ckpt)})
+            mlflow.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
+            mlflow.log_metric("best_value", best_row["value"])
+            mlflow.log_metric("max_concurrent_trials_observed", concurrency)
+            mlflow.log_artifact(str(best_json))
+            mlflow.log_artifact(str(sweep_dir / "trials.txt"))
+    log(f"best trial {best_row['trial']}: {sw.metric}={best_row['value']:.4g}  checkpoint {best_ckpt}")
+    log(f"best.json     : {best_json}")
+    return SweepResult(sweep_dir, best_json, best, [{k: v for k, v in r.items() if k != "result"} for r in rows],
+                       table, concurrency)
