@@ -26,9 +26,9 @@ use_torch_keras_backend()
 
 from envs import Catalog  # noqa: E402
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
+from rllib_rec.tables import format_table  # noqa: E402
 from rllib_rec.training.checkpoints import CheckpointError, checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
 from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
-from rllib_rec.tables import format_table  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from learning import paired_ratio_ci  # noqa: E402

@@ -117,10 +117,10 @@ def keras_worker(job: Path) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from rllib_rec.agent.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.spec import QNetSpec
 
     spec = json.loads((job / "job.json").read_text())
-    bk = spec["build_kwargs"]
-    model = build_q_model(**{**bk, "mlp_hidden": tuple(bk["mlp_hidden"])})
+    model = build_q_model(QNetSpec.from_dict(spec["qnet"]))
     with np.load(job / "weights.npz") as z:
         load_q_model_weights(model, {p: z[f"w{i}"] for i, p in enumerate(spec["weight_paths"])})
     with np.load(job / "obs.npz") as z:
@@ -135,7 +135,7 @@ def keras_worker(job: Path) -> None:
     (job / "result.json").write_text(json.dumps(results))
 
 
-def bench_keras(module: Any, build_kwargs: dict, obs: dict[str, np.ndarray], seconds: float, n_single: int,
+def bench_keras(module: Any, obs: dict[str, np.ndarray], seconds: float, n_single: int,
                 work: Path) -> dict[str, dict[str, Any]]:
     from rllib_rec.agent.model import q_model_weights
 
@@ -143,7 +143,7 @@ def bench_keras(module: Any, build_kwargs: dict, obs: dict[str, np.ndarray], sec
     paths = sorted(weights)
     np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
     np.savez(work / "obs.npz", **obs)
-    (work / "job.json").write_text(json.dumps({"build_kwargs": build_kwargs, "weight_paths": paths,
+    (work / "job.json").write_text(json.dumps({"qnet": module.spec.to_dict(), "weight_paths": paths,
                                                "seconds": seconds, "n_single": n_single}))
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, __file__, "--_keras-worker", str(work)], env=env,
@@ -252,16 +252,15 @@ def main() -> None:
     args = ap.parse_args()
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
+    from rllib_rec.agent.runtime import set_torch_threads
     from rllib_rec.deploy.export import (
         QUANT_MODES,
         export_checkpoint,
-        model_build_kwargs,
         model_filename,
         sample_observations,
     )
     from rllib_rec.tables import format_table
-    from rllib_rec.agent.runtime import set_torch_threads
+    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="rllib-rec-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -289,7 +288,7 @@ def main() -> None:
         if not args.skip_keras:
             print("bench keras/tf (child process) ...", file=sys.stderr)
             (tmp / "keras").mkdir()
-            results.update(bench_keras(module, model_build_kwargs(cfg), obs, args.seconds,
+            results.update(bench_keras(module, obs, args.seconds,
                                        min(args.single, 1000), tmp / "keras"))
         print("bench rlmodule/torch ...", file=sys.stderr)
         results["rlmodule torch (traced)"] = _bench_fn(torch_fn_factory(module), obs, args.seconds, args.single)

@@ -33,10 +33,10 @@ from rllib_rec.agent.runtime import use_torch_keras_backend  # noqa: E402
 use_torch_keras_backend()
 
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.training.checkpoints import checkpoint_config, load_module  # noqa: E402
 from rllib_rec.config import ExperimentConfig  # noqa: E402
-from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
+from rllib_rec.training.checkpoints import checkpoint_config, load_module  # noqa: E402
+from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 from rllib_rec.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).parent.parent

@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 
 from envs import ECommerceEnv  # noqa: E402
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
-from rllib_rec.offpolicy.collect import collect_logs, make_behaviour, rollout  # noqa: E402
 from rllib_rec.config import load_config  # noqa: E402
-from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
+from rllib_rec.offpolicy.collect import collect_logs, make_behaviour, rollout  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
+from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
+from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 from rllib_rec.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).parent.parent

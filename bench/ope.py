@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from envs import ECommerceEnv, EnvConfig  # noqa: E402
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.offpolicy.collect import collect_logs, make_behaviour  # noqa: E402
 from rllib_rec.config import load_config  # noqa: E402
-from rllib_rec.offpolicy.logs import LogArrays, log_arrays, read_logs  # noqa: E402
+from rllib_rec.offpolicy.collect import collect_logs, make_behaviour  # noqa: E402
 from rllib_rec.offpolicy.estimators import evaluate_logs, target_distribution  # noqa: E402
+from rllib_rec.offpolicy.logs import LogArrays, log_arrays, read_logs  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
 
 ROOT = Path(__file__).parent.parent

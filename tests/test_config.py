@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from rllib_rec.config.schema import ConfigError
 from rllib_rec.config import ExperimentConfig, load_config, parse_overrides
+from rllib_rec.config.schema import ConfigError
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 

@@ -15,7 +15,6 @@ import mlflow
 import numpy as np
 import pytest
 
-from rllib_rec.training.checkpoints import CheckpointError, checkpoint_config
 from rllib_rec.cli import main
 from rllib_rec.deploy.export import (
     QUANT_MODES,
@@ -26,6 +25,7 @@ from rllib_rec.deploy.export import (
     resolve_source,
     tflite_ops,
 )
+from rllib_rec.training.checkpoints import CheckpointError, checkpoint_config
 
 MODES_FILES = {m: model_filename(m) for m in QUANT_MODES}
 
@@ -58,8 +58,8 @@ def test_quantised_exports_report_top1(exported, mode, quantised_type) -> None:
 def test_tflite_has_builtin_ops_only_and_runs_in_litert(exported, trained_debug) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from rllib_rec.training.checkpoints import load_module
     from rllib_rec.deploy.export import _module_q_fn, sample_observations
+    from rllib_rec.training.checkpoints import load_module
 
     cfg = checkpoint_config(trained_debug.checkpoint)
     obs, q_ref = sample_observations(cfg.env, 20, _module_q_fn(load_module(trained_debug.checkpoint)), seed=7)

@@ -14,6 +14,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from rllib_rec.agent.learner import WeightedDQNTorchLearner, combined_weights
 from rllib_rec.agent.module import TransformerDQNModule
 from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
+from rllib_rec.agent.spec import QNetSpec
 
 torch.set_num_threads(1)
 
@@ -154,11 +155,7 @@ def test_loss_equals_hand_computed_weighted_huber(settings):
 
 # ------------------------------------------------------------------------------------ end to end
 MODEL_CONFIG = {
-    "embed_dim": 16,
-    "num_heads": 2,
-    "num_layers": 1,
-    "ff_dim": 32,
-    "mlp_hidden": (32,),
+    "qnet": QNetSpec(10, 20, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32, mlp_hidden=(32,)).to_dict(),
     "jit_trace": True,
 }
 

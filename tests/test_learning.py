@@ -39,8 +39,8 @@ def test_offline_agent_beats_the_logging_policy_it_learned_from(tmp_path) -> Non
     import numpy as np
 
     from envs import ECommerceEnv
-    from rllib_rec.offpolicy.collect import collect_logs, make_behaviour, rollout
     from rllib_rec.config import load_config
+    from rllib_rec.offpolicy.collect import collect_logs, make_behaviour, rollout
 
     config = str(ROOT / "configs" / "default.yaml")
     cfg = load_config(config)

@@ -214,8 +214,8 @@ def test_collect_epsilon_greedy_history_episodes(tmp_path) -> None:
 
 
 def test_collect_checkpoint_policy(trained_debug, tmp_path) -> None:
-    from rllib_rec.training.checkpoints import load_module
     from rllib_rec.offpolicy.policies import checkpoint_greedy
+    from rllib_rec.training.checkpoints import load_module
 
     out = tmp_path / "ckpt.parquet"
     assert main(["collect", "--checkpoint", str(trained_debug.checkpoint), "--policy", "epsilon-greedy",

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rllib_rec.agent.model import MASKED_Q, build_q_model, load_q_model_weights, q_model_weights
+from rllib_rec.agent.spec import QNetSpec
 
 torch.set_num_threads(1)
 N, T = 12, 20
@@ -36,7 +37,7 @@ def _q(model, obs):
 
 @pytest.fixture(scope="module")
 def model():
-    return build_q_model(N, T, num_layers=2)
+    return build_q_model(QNetSpec(N, T, num_layers=2))
 
 
 def test_output_shape_and_masking(model):
@@ -70,8 +71,8 @@ def test_cold_start_all_padding_batch(model):
 
 
 def test_non_dueling_and_numpy_int_sizes():
-    m = build_q_model(np.int64(N), np.int64(T), dueling=False, mlp_hidden=(16,), embed_dim=8, num_heads=2,
-                      item_scoring="dense")
+    m = build_q_model(QNetSpec(np.int64(N), np.int64(T), dueling=False, mlp_hidden=(16,), embed_dim=8, num_heads=2,
+                      item_scoring="dense"))
     q = _q(m, _obs(np.random.default_rng(2)))
     assert q.shape == (8, N)
     assert "q/kernel" in q_model_weights(m) and "value/kernel" not in q_model_weights(m)
@@ -88,7 +89,7 @@ def test_gradients_are_finite_on_cold_start(model):
 
 
 def test_weight_roundtrip_by_path(model):
-    other = build_q_model(N, T, num_layers=2)
+    other = build_q_model(QNetSpec(N, T, num_layers=2))
     obs = _obs(np.random.default_rng(4))
     assert not np.allclose(_q(model, obs), _q(other, obs))
     load_q_model_weights(other, q_model_weights(model))
@@ -96,7 +97,7 @@ def test_weight_roundtrip_by_path(model):
     # Module state-dict style keys with a prefix.
     sd = {f"qnet._torch_params.{k}": v for k, v in q_model_weights(model).items()}
     sd["_target_qnet._torch_params.value/bias"] = np.zeros(1)
-    third = build_q_model(N, T, num_layers=2)
+    third = build_q_model(QNetSpec(N, T, num_layers=2))
     load_q_model_weights(third, sd, strip_prefix="qnet._torch_params.")
     np.testing.assert_allclose(_q(model, obs), _q(third, obs), atol=1e-6)
 
@@ -104,9 +105,9 @@ def test_weight_roundtrip_by_path(model):
 def test_weight_load_is_strict(model):
     w = q_model_weights(model)
     with pytest.raises(KeyError):
-        load_q_model_weights(build_q_model(N, T, num_layers=1), w)
+        load_q_model_weights(build_q_model(QNetSpec(N, T, num_layers=1)), w)
     with pytest.raises(ValueError):
-        load_q_model_weights(build_q_model(N + 1, T, num_layers=2), w)
+        load_q_model_weights(build_q_model(QNetSpec(N + 1, T, num_layers=2)), w)
 
 
 _TFLITE_SCRIPT = textwrap.dedent(
@@ -115,9 +116,10 @@ _TFLITE_SCRIPT = textwrap.dedent(
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
     from rllib_rec.agent.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.spec import QNetSpec
     from ai_edge_litert.interpreter import Interpreter
     d = np.load(sys.argv[1])
-    m = build_q_model(12, 20, **json.loads(sys.argv[2]))
+    m = build_q_model(QNetSpec(12, 20, **json.loads(sys.argv[2])))
     load_q_model_weights(m, {k[2:]: d[k] for k in d.files if k.startswith("w:")})
     out = tempfile.mkdtemp()
     m.export(out + "/sm", format="tf_saved_model", verbose=False)
@@ -142,7 +144,7 @@ def test_tflite_builtins_only_matches_torch(kwargs, tmp_path):
     import json
 
     pytest.importorskip("ai_edge_litert")
-    model = build_q_model(N, T, **kwargs)
+    model = build_q_model(QNetSpec(N, T, **kwargs))
     obs = _obs(np.random.default_rng(5))
     q = _q(model, obs)
     feed = {k: v.astype(np.int32) for k, v in obs.items()}
@@ -167,8 +169,8 @@ def test_tflite_builtins_only_matches_torch(kwargs, tmp_path):
      ("dense", False, True, False)],
 )
 def test_head_variants_shapes_masking_and_cold_start(item_scoring, history_features, history_affinity, dueling):
-    m = build_q_model(N, T, embed_dim=16, num_heads=2, mlp_hidden=(16,), dueling=dueling, item_scoring=item_scoring,
-                      history_features=history_features, history_affinity=history_affinity)
+    m = build_q_model(QNetSpec(N, T, embed_dim=16, num_heads=2, mlp_hidden=(16,), dueling=dueling, item_scoring=item_scoring,
+                      history_features=history_features, history_affinity=history_affinity))
     obs = _obs(np.random.default_rng(7))
     q = _q(m, obs)
     assert q.shape == (8, N) and np.isfinite(q).all()
@@ -182,7 +184,7 @@ def test_head_variants_shapes_masking_and_cold_start(item_scoring, history_featu
 
 def test_item_categories_are_a_constant_table_shared_by_history_and_scoring():
     cats = [i % 3 for i in range(N)]
-    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), item_categories=cats)
+    m = build_q_model(QNetSpec(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), item_categories=cats))
     w = q_model_weights(m)
     np.testing.assert_array_equal(w["item_embedding/token_category"], [3, *cats])  # pad token -> own row
     assert w["item_embedding/category_embeddings"].shape == (4, 8)
@@ -191,12 +193,12 @@ def test_item_categories_are_a_constant_table_shared_by_history_and_scoring():
     q = _q(m, _obs(np.random.default_rng(4)))
     assert q.shape == (8, N) and np.isfinite(q).all()
     with pytest.raises(ValueError, match="item_categories has 3 entries"):
-        build_q_model(N, T, item_categories=[0, 1, 2])
+        build_q_model(QNetSpec(N, T, item_categories=[0, 1, 2]))
 
 
 def test_history_counts_reach_the_item_they_describe():
     """With the encoder's contribution fixed, changing what happened to item k changes only Q[k]."""
-    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False)
+    m = build_q_model(QNetSpec(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False))
     for v in m.weights:  # silence everything but the per-item history path
         if not v.path.startswith("history_item"):
             v.assign(np.zeros(v.shape, dtype="float32"))
@@ -230,8 +232,8 @@ def test_category_features_count_same_category_history_events():
     np.testing.assert_allclose(got, want, atol=1e-5)
 
     # Changing what happened to one item moves the Q-values of its whole category, and only those.
-    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_features=False,
-                      history_affinity=False, item_categories=cats, category_features=True)
+    m = build_q_model(QNetSpec(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_features=False,
+                      history_affinity=False, item_categories=cats, category_features=True))
     for v in m.weights:  # silence everything but the per-item history path
         if not v.path.startswith("history_item"):
             v.assign(np.zeros(v.shape, dtype="float32"))
@@ -243,15 +245,15 @@ def test_category_features_count_same_category_history_events():
     moved = np.abs(_q(m, one) - _q(m, other))[0] > 0
     np.testing.assert_array_equal(moved, [c == 0 for c in cats])
     with pytest.raises(ValueError, match="needs item_categories"):
-        build_q_model(N, T, category_features=True)
+        build_q_model(QNetSpec(N, T, category_features=True))
 
 
 def test_item_context_lets_the_user_vector_reach_each_item_through_its_representation():
     """With everything but the per-item scorer silenced, the user vector alone (no history counts) moves
     items differently according to their embeddings; without item_context it cannot reach that path."""
     def per_item_only(item_context):
-        m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False,
-                          item_context=item_context)
+        m = build_q_model(QNetSpec(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=False, history_affinity=False,
+                          item_context=item_context))
         rng = np.random.default_rng(0)
         for v in m.weights:
             keep = v.path.startswith(("history_item", "item_context", "item_embedding", "mlp_"))
@@ -273,8 +275,8 @@ def test_item_context_lets_the_user_vector_reach_each_item_through_its_represent
 @pytest.mark.parametrize("dueling", [True, False])
 def test_value_ledger_is_the_sum_over_history_events_and_moves_every_item_alike(dueling):
     """The ledger adds sum_t <e_item_t, w_event_t> over real (non-padding) history positions to every Q."""
-    m = build_q_model(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=dueling, history_features=False,
-                      history_affinity=False, value_ledger=True)
+    m = build_q_model(QNetSpec(N, T, embed_dim=8, num_heads=1, mlp_hidden=(8,), dueling=dueling, history_features=False,
+                      history_affinity=False, value_ledger=True))
     rng = np.random.default_rng(1)
     for v in m.weights:  # only the item embeddings and the ledger carry weight
         keep = v.path.startswith(("item_embedding", "value_ledger"))

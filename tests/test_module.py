@@ -9,6 +9,7 @@ from ray.rllib.core.columns import Columns
 
 from rllib_rec.agent.model import MASKED_Q
 from rllib_rec.agent.module import TransformerDQNModule, masked_epsilon_greedy
+from rllib_rec.agent.spec import QNetSpec
 
 torch.set_num_threads(1)
 N, T = 10, 20
@@ -19,7 +20,8 @@ OBS_SPACE = gym.spaces.Dict(
         "action_mask": gym.spaces.Box(0, 1, (N,), np.int8),
     }
 )
-SMALL = {"embed_dim": 16, "num_heads": 2, "ff_dim": 32, "mlp_hidden": (32,), "double_q": True, "num_atoms": 1}
+SMALL = {"qnet": QNetSpec(N, T, embed_dim=16, num_heads=2, ff_dim=32, mlp_hidden=(32,)).to_dict(), "double_q": True,
+         "num_atoms": 1}
 
 
 def make_module(epsilon=1.0, inference_only=False, **cfg):

@@ -11,10 +11,8 @@ import pytest
 from envs import ECommerceEnv
 from envs.baselines import history_policy
 from rllib_rec.cli import main
-from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
 from rllib_rec.config import load_config
-from rllib_rec.offpolicy.logs import log_arrays, read_logs
-from rllib_rec.offpolicy.obd import load_bts_action_dist, load_obd
+from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
 from rllib_rec.offpolicy.estimators import (
     TabularRewardModel,
     effective_sample_size,
@@ -25,6 +23,8 @@ from rllib_rec.offpolicy.estimators import (
     target_distribution,
     trajectory_ips,
 )
+from rllib_rec.offpolicy.logs import log_arrays, read_logs
+from rllib_rec.offpolicy.obd import load_bts_action_dist, load_obd
 
 ROOT = pathlib.Path(__file__).parent.parent
 OBD = ROOT / "tests" / "data" / "obd"

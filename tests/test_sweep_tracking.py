@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from rllib_rec.config.sweep import load_sweep_config
-from rllib_rec.tuning.callbacks import trial_tracking_callback
 from rllib_rec.training.tracking import UNSENT_FILE, connect
+from rllib_rec.tuning.callbacks import trial_tracking_callback
 
 ROOT = Path(__file__).parent.parent
 METRIC = "env_runners/episode_return_mean"

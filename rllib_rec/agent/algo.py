@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from envs import Catalog
 from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.config.schema import to_dict
 
@@ -16,25 +16,8 @@ __all__ = ["build_algo_config", "module_model_config", "learner_config"]
 
 
 def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """``model_config`` for :class:`rllib_rec.agent.module.TransformerDQNModule`."""
-    m = cfg.model
-    return {
-        "embed_dim": m.embed_dim,
-        "num_heads": m.num_heads,
-        "num_layers": m.num_layers,
-        "ff_dim": m.ff_dim,
-        "dropout": m.dropout,
-        "mlp_hidden": list(m.mlp_hidden),
-        "dueling": m.dueling,
-        "item_scoring": m.item_scoring,
-        "history_features": m.history_features,
-        "history_affinity": m.history_affinity,
-        # Shop metadata baked into the network as a constant table (the env's catalog is fixed by its seed).
-        "item_categories": Catalog(cfg.env.catalog).category.tolist() if m.item_categories else None,
-        "category_features": m.category_features,
-        "item_context": m.item_context,
-        "value_ledger": m.value_ledger,
-    }
+    """``model_config`` of :class:`~rllib_rec.agent.module.TransformerDQNModule`: the network's spec."""
+    return {MODEL_CONFIG_KEY: QNetSpec.from_experiment(cfg).to_dict()}
 
 
 def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -85,7 +68,7 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
         gamma=d.gamma,
         n_step=d.n_step,
         double_q=d.double_q,
-        dueling=d.dueling,
+        dueling=cfg.model.dueling,
         target_network_update_freq=d.target_update_freq,
         tau=d.tau,
         train_batch_size_per_learner=d.train_batch_size,

@@ -1,9 +1,11 @@
 """Keras 3 Transformer Q-network shared by training (torch backend) and export (TF backend).
 
-One `build_q_model(...)` serves both backends: RLlib trains it on `KERAS_BACKEND=torch` (a Keras
-model is a `torch.nn.Module` there), and `export.py` rebuilds it on `KERAS_BACKEND=tensorflow`, copies
-the weights over by Keras variable path (`q_model_weights` / `load_q_model_weights`) and converts it to
-TFLite with builtin ops only. Everything in here therefore sticks to static shapes and ops that both
+One `build_q_model(spec)` serves both backends: RLlib trains it on `KERAS_BACKEND=torch` (a Keras
+model is a `torch.nn.Module` there), and `rllib_rec.deploy.export` rebuilds it on
+`KERAS_BACKEND=tensorflow`, copies the weights over by Keras variable path (`q_model_weights` /
+`load_q_model_weights`) and converts it to TFLite with builtin ops only. :class:`QNetSpec` is the one
+description of the network: built from the experiment config (`QNetSpec.from_experiment`), carried in the
+RLModule's `model_config` (so it is inside every checkpoint), and handed to the export as a dict. Everything in here therefore sticks to static shapes and ops that both
 backends and the TFLite converter understand (no `-inf`, no data-dependent shapes, no custom kernels).
 
 Inputs (a dict, all int32; cast an int8 `action_mask` before calling):
@@ -22,8 +24,11 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from rllib_rec.agent.spec import QNetSpec
+
 __all__ = [
     "MASKED_Q",
+    "QNetSpec",
     "PositionalEmbedding",
     "build_q_model",
     "load_q_model_weights",
@@ -285,26 +290,7 @@ def _history_category_features(items, events, item_categories: Sequence[int], n_
     return ops.transpose(back, (0, 2, 1))  # [B, A, 3E]
 
 
-def build_q_model(
-    n_items: int,
-    history_length: int,
-    n_event_types: int = 6,
-    embed_dim: int = 32,
-    num_heads: int = 2,
-    num_layers: int = 1,
-    ff_dim: int = 64,
-    dropout: float = 0.0,
-    mlp_hidden: Sequence[int] = (64, 32),
-    dueling: bool = True,
-    item_scoring: str = "tied",
-    history_features: bool = True,
-    history_affinity: bool = True,
-    item_categories: Sequence[int] | None = None,
-    category_features: bool = False,
-    item_context: bool = False,
-    value_ledger: bool = False,
-    name: str = "q_net",
-) -> keras.Model:
+def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     """Builds the Transformer Q-network as a Keras functional model with dict inputs.
 
     Padding (item token 0) is masked out of attention keys and out of the mean pooling. A fully padded
@@ -312,18 +298,11 @@ def build_q_model(
     mask falls back to "all positions", so a cold-start user gets a learned representation built from
     the padding and positional embeddings instead of NaN.
     """
-    # np.int64 (e.g. `action_space.n`) breaks Dense(units=...), so cast everything structural.
-    n_items, history_length, n_event_types = int(n_items), int(history_length), int(n_event_types)
-    embed_dim, num_heads, num_layers, ff_dim = int(embed_dim), int(num_heads), int(num_layers), int(ff_dim)
-    dropout = float(dropout)
-    if n_items < 1 or history_length < 1:
-        raise ValueError(f"n_items and history_length must be >= 1, got {n_items}, {history_length}")
-    if embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-    if category_features and item_categories is None:
-        raise ValueError("category_features needs item_categories")
-    if item_scoring not in ("tied", "dense"):
-        raise ValueError(f"item_scoring must be 'tied' or 'dense', got {item_scoring!r}")
+    n_items, history_length, n_event_types = spec.n_items, spec.history_length, spec.n_event_types
+    embed_dim, num_heads, num_layers, ff_dim, dropout = (spec.embed_dim, spec.num_heads, spec.num_layers,
+                                                         spec.ff_dim, spec.dropout)
+    item_categories = spec.item_categories
+    dueling, item_scoring = spec.dueling, spec.item_scoring
 
     items = keras.Input(shape=(history_length,), dtype="int32", name="items")  # [B, T]
     events = keras.Input(shape=(history_length,), dtype="int32", name="events")  # [B, T]
@@ -363,7 +342,7 @@ def build_q_model(
     pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)  # [B, D]
 
     h = pooled
-    for j, units in enumerate(mlp_hidden):
+    for j, units in enumerate(spec.mlp_hidden):
         h = layers.Dense(int(units), activation="relu", name=f"mlp_{j}")(h)  # [B, H]
 
     head = "advantage" if dueling else "q"
@@ -373,14 +352,14 @@ def build_q_model(
     else:
         scores = layers.Dense(n_items, name=head)(h)  # [B, A]
     per_item_feats = []
-    if history_features:
+    if spec.history_features:
         per_item_feats.append(_history_item_features(items, events, n_items, n_event_types))  # [B, A, 2E]
-    if history_affinity:
+    if spec.history_affinity:
         event_feats = _event_features(events, n_event_types)  # [B, T, 2E]
         per_item_feats.append(HistoryAffinity(item_embedding, name="history_affinity")(item_vectors, valid, event_feats))
-    if category_features:
+    if spec.category_features:
         per_item_feats.append(_history_category_features(items, events, item_categories, n_event_types))
-    if item_context and per_item_feats:
+    if spec.item_context and per_item_feats:
         user = layers.Dense(embed_dim, name="item_context_user")(h)  # [B, D]
         per_item_feats.append(ItemContext(item_embedding, name="item_context")(user))  # [B, A, D]
     if per_item_feats:
@@ -394,7 +373,7 @@ def build_q_model(
         q = scores - ops.mean(scores, axis=-1, keepdims=True)  # [B, A]
     else:
         value, q = None, scores  # [B, A]
-    if value_ledger:
+    if spec.value_ledger:
         ledger = EngagementLedger(n_event_types, embed_dim, name="value_ledger")(item_vectors, events, valid)  # [B, 1]
         value = ledger if value is None else value + ledger
     if value is not None:

@@ -18,9 +18,9 @@
   optimizer steps and `load_state_dict` syncs need no re-trace) and is kept out of `state_dict`.
   It is skipped automatically when dropout > 0 (a trace freezes the training flag).
 
-`model_config` keys read here (defaults in `DEFAULT_MODEL_CONFIG`): embed_dim, num_heads, num_layers,
-ff_dim, dropout, mlp_hidden, n_event_types, jit_trace, dueling (DQNConfig's `dueling` unless given),
-plus DQNConfig's auto-included double_q, epsilon, num_atoms (must be 1).
+`model_config` keys read here: ``qnet`` (a :class:`~rllib_rec.agent.model.QNetSpec` as a dict: the whole
+architecture), ``jit_trace`` (default True), plus DQNConfig's auto-included double_q, epsilon and num_atoms
+(must be 1).
 """
 
 from __future__ import annotations
@@ -38,27 +38,10 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from rllib_rec.agent.model import build_q_model
+from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
 
-__all__ = ["DEFAULT_MODEL_CONFIG", "TransformerDQNModule", "masked_epsilon_greedy"]
+__all__ = ["TransformerDQNModule", "masked_epsilon_greedy"]
 
-DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "num_heads": 2,
-    "num_layers": 1,
-    "ff_dim": 64,
-    "dropout": 0.0,
-    "mlp_hidden": (64, 32),
-    "n_event_types": 6,
-    "dueling": True,
-    "item_scoring": "tied",
-    "history_features": True,
-    "history_affinity": True,
-    "item_categories": None,
-    "category_features": False,
-    "item_context": False,
-    "value_ledger": False,
-    "jit_trace": True,
-}
 _OBS_KEYS = ("items", "events", "action_mask")
 
 
@@ -115,43 +98,27 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         if not isinstance(self.action_space, gym.spaces.Discrete):
             raise ValueError(f"action space must be Discrete, got {self.action_space}")
 
-        cfg = {**DEFAULT_MODEL_CONFIG, **(self.model_config or {})}
+        cfg = dict(self.model_config or {})
+        if MODEL_CONFIG_KEY not in cfg:
+            raise ValueError(f"model_config needs {MODEL_CONFIG_KEY!r}: a QNetSpec as a dict (see build_algo_config)")
         num_atoms = int(cfg.get("num_atoms", 1) or 1)
         if num_atoms != 1:
             raise ValueError("TransformerDQNModule supports expectation DQN only (num_atoms=1).")
         self.num_atoms = 1
-        self.uses_dueling = bool(cfg["dueling"])
+        self.spec = QNetSpec.from_dict(cfg[MODEL_CONFIG_KEY])
+        self.uses_dueling = self.spec.dueling
         self.uses_double_q = bool(cfg.get("double_q", True))
         self.epsilon_schedule = Scheduler(
             fixed_value_or_schedule=cfg.get("epsilon", [(0, 1.0), (10000, 0.05)]), framework=self.framework
         )
 
-        n_items = int(self.action_space.n)
-        history_length = int(self.observation_space["items"].shape[0])
-        mask_len = int(self.observation_space["action_mask"].shape[0])
-        if mask_len != n_items:
-            raise ValueError(f"action_mask length {mask_len} != action_space.n {n_items}")
-        self._qnet_kwargs: dict[str, Any] = dict(
-            n_items=n_items,
-            history_length=history_length,
-            n_event_types=int(cfg["n_event_types"]),
-            embed_dim=int(cfg["embed_dim"]),
-            num_heads=int(cfg["num_heads"]),
-            num_layers=int(cfg["num_layers"]),
-            ff_dim=int(cfg["ff_dim"]),
-            dropout=float(cfg["dropout"]),
-            mlp_hidden=tuple(int(h) for h in cfg["mlp_hidden"]),
-            dueling=self.uses_dueling,
-            item_scoring=str(cfg["item_scoring"]),
-            history_features=bool(cfg["history_features"]),
-            history_affinity=bool(cfg["history_affinity"]),
-            item_categories=cfg["item_categories"],
-            category_features=bool(cfg["category_features"]),
-            item_context=bool(cfg["item_context"]),
-            value_ledger=bool(cfg["value_ledger"]),
-        )
-        self.qnet = build_q_model(**self._qnet_kwargs, name="q_net")
-        self._use_trace = bool(cfg["jit_trace"]) and self._qnet_kwargs["dropout"] == 0.0
+        spaces = (int(self.action_space.n), int(self.observation_space["items"].shape[0]),
+                  int(self.observation_space["action_mask"].shape[0]))
+        if spaces != (self.spec.n_items, self.spec.history_length, self.spec.n_items):
+            raise ValueError(f"spaces (actions, history, mask) {spaces} do not fit the model spec "
+                             f"(n_items {self.spec.n_items}, history_length {self.spec.history_length})")
+        self.qnet = build_q_model(self.spec, name="q_net")
+        self._use_trace = bool(cfg.get("jit_trace", True)) and self.spec.dropout == 0.0
         self._training_forward = False
         # Traced callables live in a plain dict so nn.Module does not register them (no state_dict
         # entries, no duplicate parameters for the optimizer).
@@ -190,7 +157,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
 
     def make_target_networks(self) -> None:
         # Rebuild + load_state_dict: `copy.deepcopy` of a Keras model goes through Keras pickling (slow).
-        self._target_qnet = build_q_model(**self._qnet_kwargs, name="q_net_target")
+        self._target_qnet = build_q_model(self.spec, name="q_net_target")
         self._target_qnet.load_state_dict(self.qnet.state_dict())
         self._target_qnet.requires_grad_(False)
         self._traced.pop("target", None)

@@ -68,6 +68,11 @@ class ModelConfig:
         False, "the per-item scorer also sees user vector * item representation (interactions, not only sums)"
     )
 
+    def validate(self) -> None:
+        # Rules the network enforces when it is built (QNetSpec.validate), checked here before Ray starts.
+        if self.embed_dim % self.num_heads:
+            raise ConfigError("embed_dim", f"must be divisible by model.num_heads ({self.num_heads}), got {self.embed_dim}")
+
 
 @dataclass
 class DQNSettings:
@@ -81,7 +86,6 @@ class DQNSettings:
     gamma: float = spec(0.95, "discount factor", min=0.0, max=1.0)
     n_step: int = spec(1, "n-step returns", min=1, max=20)
     double_q: bool = spec(True, "double-Q targets")
-    dueling: bool = spec(True, "RLlib's dueling flag (the Keras head implements it; keep equal to model.dueling)")
     target_update_freq: int = spec(500, "env steps between target-network syncs", min=1)
     tau: float = spec(1.0, "target sync rate (1 = hard copy)", gt=0.0, max=1.0)
     train_batch_size: int = spec(64, "replay minibatch size", min=1, max=65536)
@@ -106,7 +110,6 @@ class DQNSettings:
         4.0, "replay ratio: env steps trained / env steps sampled (null = one update per sampling round)", gt=0.0
     )
     grad_clip: float | None = spec(10.0, "gradient-norm clip (null = off)", gt=0.0)
-    huber_threshold: float = spec(1.0, "TD-error Huber threshold", gt=0.0)
 
 
 @dataclass
@@ -169,8 +172,6 @@ class ExperimentConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
 
     def validate(self) -> None:
-        if self.model.dueling != self.dqn.dueling:
-            raise ConfigError("dqn.dueling", f"must equal model.dueling ({self.model.dueling})")
         if self.model.category_features and not self.model.item_categories:
             raise ConfigError("model.category_features", "needs model.item_categories: true")
         if self.dqn.epsilon_end > self.dqn.epsilon_start:

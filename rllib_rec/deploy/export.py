@@ -44,7 +44,6 @@ __all__ = [
     "Tolerance",
     "check_gate",
     "export_checkpoint",
-    "model_build_kwargs",
     "model_filename",
     "resolve_source",
     "sample_observations",
@@ -171,19 +170,6 @@ def sample_observations(
             obs_list[i] = obs
     out = {k: np.stack(v).astype(np.int32) for k, v in rows.items()}
     return out, (np.stack(qs).astype(np.float32) if q_fn is not None else None)
-
-
-def model_build_kwargs(cfg: Any) -> dict[str, Any]:
-    """``build_q_model`` kwargs (JSON-able) of a checkpoint's recorded config: what the TF side rebuilds."""
-    from envs import N_EVENT_TYPES
-    from rllib_rec.agent.algo import module_model_config
-
-    return {
-        **module_model_config(cfg),
-        "n_items": cfg.env.catalog.n_items,
-        "history_length": cfg.env.history_length,
-        "n_event_types": N_EVENT_TYPES,
-    }
 
 
 def _module_weights(module: Any) -> dict[str, np.ndarray]:
@@ -316,7 +302,7 @@ def export_checkpoint(
     t0 = time.perf_counter()
     module = load_module(ckpt)
     set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
-    build_kwargs = model_build_kwargs(cfg)
+    spec = module.spec.to_dict()  # the checkpoint's own network, as it was trained
     weights = _module_weights(module)
     obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
     log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
@@ -331,7 +317,7 @@ def export_checkpoint(
         np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
         np.savez(work / "samples.npz", q_ref=q_ref, **obs)
         (work / "job.json").write_text(json.dumps({
-            "build_kwargs": build_kwargs, "weight_paths": paths, "modes": modes,
+            "spec": spec, "weight_paths": paths, "modes": modes,
         }))
         t1 = time.perf_counter()
         _run_converter(work)
@@ -384,7 +370,7 @@ def export_checkpoint(
 def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: Any, meta: dict[str, Any],
              event_names: Sequence[str], samples: int) -> dict[str, Any]:
     r = result["modes"][mode]
-    bk = result["build_kwargs"]
+    spec = result["spec"]
     return {
         "format": SIDECAR_FORMAT,
         "model_file": filename,
@@ -392,14 +378,15 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
         "signature": SIGNATURE,
         "inputs": r["inputs"],
         "output": r["output"],
-        "n_items": bk["n_items"],
-        "history_length": bk["history_length"],
-        "n_event_types": bk["n_event_types"],
-        "item_ids": (f"0..{bk['n_items'] - 1}; the model's input token for item i is i + 1 "
+        "n_items": spec["n_items"],
+        "history_length": spec["history_length"],
+        "n_event_types": spec["n_event_types"],
+        "item_ids": (f"0..{spec['n_items'] - 1}; the model's input token for item i is i + 1 "
                      "(0 = padding); histories are oldest first and left-padded"),
         "event_codes": {name: code for code, name in enumerate(event_names)},
         "masked_q": -1e9,
-        "model_config": {k: v for k, v in bk.items() if k not in ("n_items", "history_length")},
+        # The architecture (the catalog's item categories are inside the model, not repeated here).
+        "model_spec": {k: v for k, v in spec.items() if k != "item_categories"},
         "config_name": cfg.name,
         "config_hash": cfg.config_hash(),
         "source_config_hash": meta.get("config_hash"),
@@ -505,10 +492,10 @@ def _convert_main(work: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     from rllib_rec.agent.model import build_q_model, load_q_model_weights
+    from rllib_rec.agent.spec import QNetSpec
 
     job = json.loads((work / "job.json").read_text())
-    bk = job["build_kwargs"]
-    model = build_q_model(**{**bk, "mlp_hidden": tuple(bk["mlp_hidden"])}, name="q_net")
+    model = build_q_model(QNetSpec.from_dict(job["spec"]), name="q_net")
     with np.load(work / "weights.npz") as z:
         weights = {p: z[f"w{i}"] for i, p in enumerate(job["weight_paths"])}
     try:
@@ -524,7 +511,7 @@ def _convert_main(work: Path) -> None:
     cand = obs["action_mask"] > 0
     q_scale = float(np.max(np.abs(np.where(cand, q_ref, 0.0))))
 
-    out: dict[str, Any] = {"build_kwargs": bk, "modes": {}}
+    out: dict[str, Any] = {"spec": job["spec"], "modes": {}}
     for mode in job["modes"]:
         conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

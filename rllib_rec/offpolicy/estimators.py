@@ -12,9 +12,12 @@ DM       mean(sum_a pi[i, a] q[i, a])                            no weights: bia
 DR       DM + mean(w_i (r_i - q[i, a_i]))                        unbiased if p is exact or q is right
 =======  ======================================================  =====================================
 
-95% intervals are percentile bootstraps over rows (seeded), with the reward model *refitted* on every
-bootstrap sample, so the DM/DR intervals include the reward model's own estimation noise. The effective
-sample size of the weights is ``(sum w)^2 / sum w^2`` (n when the target equals the behaviour policy).
+Each estimator takes optional row ``weights`` (multiplicities: how often each row is counted, default 1):
+:func:`estimate` computes its point estimates with the logs as they are and its 95% intervals by calling
+the same functions with the multiplicities of each bootstrap resample (percentile bootstrap over rows,
+seeded, :mod:`rllib_rec.stats`), with the reward model *refitted* on every resample, so the DM/DR intervals
+include the reward model's own estimation noise. The effective sample size of the weights is
+``(sum w)^2 / sum w^2`` (n when the target equals the behaviour policy).
 
 These are per-step (bandit) estimates: of the target's expected reward per decision, on the logged
 context distribution. For single-step episodes that is the policy's value. For sequential logs the
@@ -37,6 +40,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from rllib_rec.stats import bootstrap_ci, mean_ci, multiplicity_bootstrap_ci
 
 if TYPE_CHECKING:
     from envs import ECommerceEnv
@@ -216,22 +221,43 @@ def effective_sample_size(w: np.ndarray) -> float:
     return float(np.sum(w)) ** 2 / sq if sq > 0 else 0.0
 
 
-def ips(w: np.ndarray, rewards: np.ndarray) -> float:
-    return float(np.mean(w * rewards))
+def _mean(x: np.ndarray, weights: np.ndarray | None) -> float:
+    """``mean(x)``, or with row multiplicities ``sum(weights * x) / sum(weights)``."""
+    if weights is None:
+        return float(np.mean(x))
+    return float(np.sum(weights * x)) / float(np.sum(weights))
 
 
-def snips(w: np.ndarray, rewards: np.ndarray) -> float:
-    s = float(np.sum(w))
-    return float(np.sum(w * rewards)) / s if s > 0 else float("nan")
+def ips(w: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``mean(w_i r_i)``; ``weights`` [n]: row multiplicities (None = each row once)."""
+    if weights is None:
+        return float(np.mean(w * rewards))
+    return float(np.sum((w * weights) * rewards)) / float(np.sum(weights))
 
 
-def dm(pi: np.ndarray, q: np.ndarray) -> float:
-    return float(np.mean(np.sum(pi * q, axis=1)))
+def snips(w: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``sum(w_i r_i) / sum(w_i)`` (NaN if every weight is 0); ``weights``: row multiplicities."""
+    wm = w if weights is None else w * weights
+    s = float(np.sum(wm))
+    return float(np.sum(wm * rewards)) / s if s > 0 else float("nan")
 
 
-def dr(pi: np.ndarray, q: np.ndarray, w: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> float:
+def dm(pi: np.ndarray, q: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``mean(sum_a pi[i, a] q[i, a])``; ``weights``: row multiplicities."""
+    return _mean(np.sum(pi * q, axis=1), weights)
+
+
+def dr(
+    pi: np.ndarray,
+    q: np.ndarray,
+    w: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> float:
+    """DM plus ``mean(w_i (r_i - q[i, a_i]))``; ``weights``: row multiplicities."""
     q_logged = q[np.arange(len(actions)), actions]
-    return float(np.mean(np.sum(pi * q, axis=1) + w * (rewards - q_logged)))
+    return _mean(np.sum(pi * q, axis=1) + w * (rewards - q_logged), weights)
 
 
 def _check_inputs(pi: np.ndarray, actions: np.ndarray, rewards: np.ndarray, pscore: np.ndarray) -> None:
@@ -245,17 +271,6 @@ def _check_inputs(pi: np.ndarray, actions: np.ndarray, rewards: np.ndarray, psco
         raise ValueError(f"logged actions must be in [0, {pi.shape[1]})")
     if not np.allclose(pi.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError("each row of the target distribution must sum to 1")
-
-
-def _bootstrap_means(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``n_bootstrap`` resamples of ``values`` (one at a time: memory stays O(n))."""
-    n = len(values)
-    return np.array([values[rng.integers(0, n, n)].mean() for _ in range(n_bootstrap)])
-
-
-def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    lo, hi = np.nanpercentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
 
 
 def estimate(
@@ -278,6 +293,9 @@ def estimate(
         context: named [n, ...] arrays the reward model reads (DM/DR only).
         reward_model: fitted afresh on the logs and on every bootstrap sample (default: per-action means).
         n_bootstrap: bootstrap samples (rows drawn with replacement; seeded by ``seed``).
+
+    Point estimates and every bootstrap resample go through the public :func:`ips`, :func:`snips`,
+    :func:`dm` and :func:`dr`, a resample as row multiplicities (``weights``).
     """
     pi = np.asarray(pi, dtype=np.float64)
     actions = np.asarray(actions, dtype=np.int64)
@@ -291,37 +309,23 @@ def estimate(
     model = reward_model if reward_model is not None else TabularRewardModel(pi.shape[1])
     w = importance_weights(pi, actions, pscore)
     need_q = any(e in ("DM", "DR") for e in estimators)
-    rows = np.arange(n)
 
-    def values(c: np.ndarray | None) -> dict[str, float]:
-        """All estimators with row multiplicities ``c`` (None = the logs as they are)."""
-        m = np.ones(n) if c is None else c
-        tot = float(m.sum())
-        out: dict[str, float] = {}
-        wm = w * m
-        out["IPS"] = float(np.sum(wm * rewards)) / tot
-        out["SNIPS"] = float(np.sum(wm * rewards)) / float(np.sum(wm)) if np.sum(wm) > 0 else float("nan")
-        if need_q:
-            q = model.fit(context, actions, rewards, m).predict(context)  # [n, A]
-            base = np.sum(pi * q, axis=1)  # [n]
-            out["DM"] = float(np.sum(m * base)) / tot
-            out["DR"] = float(np.sum(m * (base + w * (rewards - q[rows, actions])))) / tot
-        return out
+    def values(m: np.ndarray | None) -> list[float]:
+        """The requested estimators, in order, with row multiplicities ``m`` (None = the logs as they are)."""
+        q = model.fit(context, actions, rewards, m).predict(context) if need_q else None  # [n, A]
+        by_name = {
+            "IPS": lambda: ips(w, rewards, m),
+            "SNIPS": lambda: snips(w, rewards, m),
+            "DM": lambda: dm(pi, q, m),
+            "DR": lambda: dr(pi, q, w, actions, rewards, m),
+        }
+        return [by_name[e]() for e in estimators]
 
     point = values(None)
-    rng = np.random.default_rng([seed, 17])
-    boot = {e: np.empty(n_bootstrap) for e in estimators}
-    for b in range(n_bootstrap):
-        c = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # multiplicities of a resample
-        v = values(c)
-        for e in estimators:
-            boot[e][b] = v[e]
+    lo, hi = multiplicity_bootstrap_ci(n, values, n_resamples=n_bootstrap, alpha=alpha, seed=[seed, 17])
     ess = effective_sample_size(w)
-    res = []
-    for e in estimators:
-        lo, hi = _percentiles(boot[e], alpha) if n_bootstrap > 1 else (float("nan"), float("nan"))
-        res.append(Estimate(e, point[e], lo, hi, None if e == "DM" else ess, n))
-    return res
+    return [Estimate(e, point[k], float(lo[k]), float(hi[k]), None if e == "DM" else ess, n)
+            for k, e in enumerate(estimators)]
 
 
 # ---------------------------------------------------------------------------------------------- sequential
@@ -377,13 +381,16 @@ def estimate_sequential(
     pd, rho, ret = _per_episode(episode_id, np.asarray(w, float), np.asarray(rewards, float), gamma)
     per_ep = {"PDIS (episode return)": pd, "trajectory IS (episode return)": rho * ret}
     ess = effective_sample_size(rho)
-    out = []
-    for name, vals in per_ep.items():
-        rng = np.random.default_rng([seed, 19])  # same resamples of episodes for both estimators
-        boot = _bootstrap_means(vals, n_bootstrap, rng)
-        lo, hi = _percentiles(boot, alpha) if n_bootstrap > 1 else (float("nan"), float("nan"))
-        out.append(Estimate(name, float(vals.mean()), lo, hi, ess, len(vals)))
-    return out
+    # Both are means over episodes: one paired bootstrap, the same resamples of episodes for both.
+    lo, hi = bootstrap_ci(tuple(per_ep.values()), _means, n_resamples=n_bootstrap, alpha=alpha,
+                          seed=[seed, 19], paired=True)
+    return [Estimate(name, float(vals.mean()), float(lo[k]), float(hi[k]), ess, len(vals))
+            for k, (name, vals) in enumerate(per_ep.items())]
+
+
+def _means(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    """[k, ...]: the mean of each sample along ``axis``."""
+    return np.stack([np.mean(s, axis=axis) for s in samples])
 
 
 # ---------------------------------------------------------------------------------------------- simulated logs
@@ -443,8 +450,7 @@ def evaluate_logs(
 def mean_with_ci(name: str, values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> Estimate:
     """A plain mean with a percentile-bootstrap 95% interval (e.g. the logging policy's own value)."""
     values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng([seed, 29])
-    lo, hi = _percentiles(_bootstrap_means(values, n_bootstrap, rng), 0.05)
+    lo, hi = mean_ci(values, n_resamples=n_bootstrap, seed=[seed, 29])
     return Estimate(name, float(values.mean()), lo, hi, None, len(values))
 
 
