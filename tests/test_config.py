@@ -38,7 +38,7 @@ def test_overrides_are_typed_and_applied() -> None:
 
 def test_flat_params_and_hash() -> None:
     a, b = load_config(None), load_config(None, ["dqn.lr=0.01"])
-    assert a.flat_params()["dqn.lr"] == 5e-4 and a.flat_params()["env.catalog.n_items"] == 30
+    assert a.flat_params()["dqn.lr"] == 1e-3 and a.flat_params()["env.catalog.n_items"] == 30
     assert a.config_hash() != b.config_hash() and a.config_hash() == load_config(None).config_hash()
 
 
@@ -102,7 +102,21 @@ def test_explore_item_dropout_applies_to_training_envs_only() -> None:
     cfg = load_config(None, ["dqn.explore_item_dropout=0.5", "env.item_dropout=0.2"])
     assert env_config(cfg)["item_dropout"] == pytest.approx(0.6)  # 1 - 0.8 * 0.5
     assert cfg.env.item_dropout == 0.2  # what evaluation, validation and collection use
-    plain = load_config(None)
+    plain = load_config(None, ["dqn.explore_item_dropout=0"])
     assert env_config(plain)["item_dropout"] == 0.0
     with pytest.raises(ConfigError, match="explore_item_dropout"):
         load_config(None, ["dqn.explore_item_dropout=0.99"])
+
+
+def test_shipped_default_config_sets_the_schema_defaults() -> None:
+    """configs/default.yaml documents the reason for each tuned value; the schema's defaults are the same
+    values, so `rllib-rec train` without a config file and with configs/default.yaml train the same agent."""
+    import yaml
+
+    from rllib_rec.config import flatten
+
+    shipped = flatten(yaml.safe_load((CONFIGS / "default.yaml").read_text()))
+    defaults = flatten(load_config(None).to_dict())
+    differs = {k: (v, defaults[k]) for k, v in shipped.items()
+               if k not in ("name", "run.iterations", "run.steps_per_iteration") and defaults[k] != v}
+    assert not differs, f"configs/default.yaml and the schema defaults disagree: {differs}"

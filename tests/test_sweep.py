@@ -136,7 +136,7 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     top = grid.get_best_result(metric="env_runners/episode_return_mean", mode="max", scope="last")
     assert best["trial"] == top.metrics["trial_id"]
     assert best["value"] == pytest.approx(top.metrics["env_runners"]["episode_return_mean"])
-    assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.ips_clip"}
+    assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.gamma"}
     assert best["config"]["model.embed_dim"] == top.config["_model_config"]["embed_dim"]
 
     # Concurrency: two trials' [start, end] intervals overlap (Tune ran 2 at once on 2 CPUs).

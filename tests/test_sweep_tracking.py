@@ -27,8 +27,8 @@ class FakeTrial:
     def __init__(self, trial_id: str, local_path: Path) -> None:
         self.trial_id, self.local_path = trial_id, str(local_path)
         # The RLlib config paths of configs/sweep.yaml's swept keys (SWEEPABLE), at sampled values.
-        self.config = {"lr": 0.002, "_model_config": {"embed_dim": 16},
-                       "replay_buffer_config": {"alpha": 0.6}, "learner_config_dict": {"ips_clip": 7.5}}
+        self.config = {"lr": 0.002, "gamma": 0.93, "_model_config": {"qnet": {"embed_dim": 16}},
+                       "replay_buffer_config": {"alpha": 0.6}}
 
 
 def _result(i: int) -> dict:
@@ -75,7 +75,7 @@ def test_trial_run_gets_the_experiment_config_and_metrics_through_an_outage(stor
     assert run.info.status == "FINISHED"
     p = run.data.params
     # The trial's experiment config, flattened as a train run's: the sampled values, not the base ones.
-    assert float(p["dqn.lr"]) == 0.002 and p["model.embed_dim"] == "16" and float(p["dqn.ips_clip"]) == 7.5
+    assert float(p["dqn.lr"]) == 0.002 and p["model.embed_dim"] == "16" and float(p["dqn.gamma"]) == 0.93
     assert p["env.preset"] == "default" and "run.iterations" in p
     assert not any(k.startswith(("replay_buffer_config", "_model_config")) for k in p)  # no raw RLlib dict
     assert run.data.tags["sweep"] == "debug-sweep" and run.data.tags["trial_id"] == "a0001"

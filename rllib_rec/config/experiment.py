@@ -57,9 +57,8 @@ class ModelConfig:
         True, "add what happened to *similar* history items (target attention over tied embeddings)"
     )
     item_categories: bool = spec(True, "give the model the catalog's item categories (shop metadata)")
-    # Off by default so that checkpoints written before it existed rebuild the same network.
     category_features: bool = spec(
-        False, "add per-item counts of what happened to same-category history items (needs item_categories)"
+        True, "add per-item counts of what happened to same-category history items (needs item_categories)"
     )
     value_ledger: bool = spec(
         False, "add a linear sum over history events (item . event-type vector) to the state value"
@@ -76,14 +75,17 @@ class ModelConfig:
 
 @dataclass
 class DQNSettings:
-    """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/agent/algo.py``)."""
+    """RLlib DQN settings (mapped onto ``DQNConfig`` in ``rllib_rec/agent/algo.py``).
 
-    lr: float = spec(5e-4, "Adam learning rate", gt=0.0, max=1.0)
+    The defaults here and in the ``model`` section are the shipped experiment's (``configs/default.yaml``,
+    which gives the reason for each; a test keeps the two equal)."""
+
+    lr: float = spec(1e-3, "Adam learning rate", gt=0.0, max=1.0)
     lr_end: float | None = spec(
-        None, "if set: lr decays linearly from dqn.lr to this over dqn.lr_decay_steps env steps", gt=0.0, max=1.0
+        1e-4, "if set: lr decays linearly from dqn.lr to this over dqn.lr_decay_steps env steps", gt=0.0, max=1.0
     )
     lr_decay_steps: int = spec(100_000, "env steps of the lr decay (with dqn.lr_end)", min=1)
-    gamma: float = spec(0.95, "discount factor", min=0.0, max=1.0)
+    gamma: float = spec(0.97, "discount factor", min=0.0, max=1.0)
     n_step: int = spec(1, "n-step returns", min=1, max=20)
     double_q: bool = spec(True, "double-Q targets")
     target_update_freq: int = spec(500, "env steps between target-network syncs", min=1)
@@ -93,13 +95,13 @@ class DQNSettings:
     prioritized_replay: bool = spec(True, "prioritised experience replay")
     per_alpha: float = spec(0.6, "PER priority exponent", min=0.0, max=1.0)
     per_beta: float = spec(0.4, "PER importance-sampling exponent", min=0.0, max=1.0)
-    ips_weights: bool = spec(True, "multiply the loss by clipped inverse-propensity weights 1/p")
+    ips_weights: bool = spec(False, "multiply the loss by clipped inverse-propensity weights 1/p (for learning from logs)")
     ips_clip: float = spec(10.0, "upper clip of 1/p", min=1.0)
     epsilon_start: float = spec(1.0, "initial exploration rate", min=0.0, max=1.0)
     epsilon_end: float = spec(0.05, "final exploration rate", min=0.0, max=1.0)
     epsilon_timesteps: int = spec(20_000, "env steps over which epsilon anneals linearly", min=1)
     explore_item_dropout: float = spec(
-        0.0,
+        0.4,
         "training envs put each item out of stock for a whole session with this probability (on top of "
         "env.item_dropout); evaluation uses env as configured",
         min=0.0, max=0.9,

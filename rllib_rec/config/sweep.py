@@ -45,12 +45,12 @@ SWEEPABLE: dict[str, tuple[str, ...]] = {
     "dqn.per_alpha": ("replay_buffer_config", "alpha"),
     "dqn.per_beta": ("replay_buffer_config", "beta"),
     "dqn.ips_clip": ("learner_config_dict", "ips_clip"),
-    "model.embed_dim": ("_model_config", "embed_dim"),
-    "model.num_heads": ("_model_config", "num_heads"),
-    "model.num_layers": ("_model_config", "num_layers"),
-    "model.ff_dim": ("_model_config", "ff_dim"),
-    "model.dropout": ("_model_config", "dropout"),
-    "model.mlp_hidden": ("_model_config", "mlp_hidden"),
+    "model.embed_dim": ("_model_config", "qnet", "embed_dim"),
+    "model.num_heads": ("_model_config", "qnet", "num_heads"),
+    "model.num_layers": ("_model_config", "qnet", "num_layers"),
+    "model.ff_dim": ("_model_config", "qnet", "ff_dim"),
+    "model.dropout": ("_model_config", "qnet", "dropout"),
+    "model.mlp_hidden": ("_model_config", "qnet", "mlp_hidden"),
 }
 
 # Keys that only mean something when a switch in the base experiment is on.
