@@ -12,26 +12,20 @@ A CHECKPOINT is a run directory (its final checkpoint) or a checkpoint directory
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from rllib_rec.agent.runtime import use_torch_keras_backend  # noqa: E402
+from rllib_rec.agent.runtime import use_torch_keras_backend
 
 use_torch_keras_backend()
 
 from envs import Catalog  # noqa: E402
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
+from rllib_rec.stats import ratio_of_means_ci  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
 from rllib_rec.training.checkpoints import CheckpointError, checkpoint_config, load_module, resolve_checkpoint  # noqa: E402
 from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from learning import paired_ratio_ci  # noqa: E402
 
 
 class WithoutItems:
@@ -71,7 +65,7 @@ def main() -> None:
 
     def row(name: str, stats: Any) -> None:
         s, r = stats.summary(), float(stats.returns.mean())
-        lo, hi = paired_ratio_ci(stats.returns, myopic)
+        lo, hi = ratio_of_means_ci(stats.returns, myopic)
         rows.append([name, f"{r:.2f}", f"{100 * r / myopic.mean():.1f}%", f"{100 * lo:.1f}–{100 * hi:.1f}%",
                      f"{s['clickbait_share']:.3f}", f"{s['purchases_mean']:.2f}", f"{s['length_mean']:.1f}"])
 

@@ -10,17 +10,13 @@ Run it pinned to one core for the single-core figure: ``taskset -c 0 python benc
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import gymnasium as gym
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from envs import GYM_IDS, ECommerceEnv  # noqa: E402
-from rllib_rec.tables import format_table  # noqa: E402
+from envs import GYM_IDS, ECommerceEnv
+from rllib_rec.tables import format_table
 
 
 def single_env(preset: str, seconds: float) -> float:

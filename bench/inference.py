@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 BATCHES = (1, 32, 256)
 _INPUTS = ("items", "events", "action_mask")
 

@@ -19,35 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import numpy as np  # noqa: E402
-
-from rllib_rec.agent.runtime import use_torch_keras_backend  # noqa: E402
+from rllib_rec.agent.runtime import use_torch_keras_backend
 
 use_torch_keras_backend()
 
 from envs.baselines import BASELINES, run_episodes  # noqa: E402
 from rllib_rec.config import ExperimentConfig  # noqa: E402
+from rllib_rec.stats import ratio_of_means_ci  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
 from rllib_rec.training.checkpoints import checkpoint_config, load_module  # noqa: E402
 from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 from rllib_rec.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-
-
-def paired_ratio_ci(agent: np.ndarray, oracle: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of mean(agent) / mean(oracle), resampling *users* (both ran on the same seeds,
-    so the user-to-user spread they share cancels; the interval reflects only how they differ)."""
-    idx = np.random.default_rng(seed).integers(0, len(agent), (n_boot, len(agent)))
-    ratios = agent[idx].mean(axis=1) / oracle[idx].mean(axis=1)
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
 def bench_preset(preset: str, episodes: int, overrides: list[str], out: Path, final_episodes: int = 0) -> list[str]:
@@ -68,7 +55,7 @@ def bench_preset(preset: str, episodes: int, overrides: list[str], out: Path, fi
         it = int(ckpt.name.split("_")[1])
         stats = evaluate_module(load_module(ckpt), cfg.env, episodes, seed)
         s, r = stats.summary(), float(stats.returns.mean())
-        lo, hi = paired_ratio_ci(stats.returns, base_stats["myopic_oracle"].returns)
+        lo, hi = ratio_of_means_ci(stats.returns, base_stats["myopic_oracle"].returns)
         v = validation.get(ckpt.name)
         rows.append([preset, it, f"{steps[it]:,.0f}", f"{wall[it]:.0f}", "-" if v is None else f"{v:.2f}",
                      f"{r:.2f} ± {s['return_ci95']:.2f}", f"{100 * r / base['myopic_oracle']:.1f}%",
@@ -101,7 +88,7 @@ def final_line(preset: str, ckpt: Path, cfg: ExperimentConfig, episodes: int, se
     print(f"  [{preset}] final checkpoint on {episodes:,} held-out episodes ...", flush=True)
     agent = evaluate_module(load_module(ckpt), cfg.env, episodes, seed).returns
     myopic = run_episodes(cfg.env, BASELINES["myopic_oracle"], episodes, seed=seed).returns
-    lo, hi = paired_ratio_ci(agent, myopic)
+    lo, hi = ratio_of_means_ci(agent, myopic)
     return (f"{preset}: final checkpoint ({ckpt.name}) on {episodes:,} held-out episodes (seeds {seed}+): "
             f"return {agent.mean():.2f}, {100 * agent.mean() / myopic.mean():.1f}% of the myopic oracle's "
             f"{myopic.mean():.2f} (95% CI paired {100 * lo:.1f}–{100 * hi:.1f}%)")

@@ -14,15 +14,11 @@ the oracles. ~8 minutes on 2 cores at the defaults.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from rllib_rec.agent.runtime import use_torch_keras_backend  # noqa: E402
+from rllib_rec.agent.runtime import use_torch_keras_backend
 
 use_torch_keras_backend()
 

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -25,15 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from envs import ECommerceEnv, EnvConfig  # noqa: E402
-from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.config import load_config  # noqa: E402
-from rllib_rec.offpolicy.collect import collect_logs, make_behaviour  # noqa: E402
-from rllib_rec.offpolicy.estimators import evaluate_logs, target_distribution  # noqa: E402
-from rllib_rec.offpolicy.logs import LogArrays, log_arrays, read_logs  # noqa: E402
-from rllib_rec.tables import format_table  # noqa: E402
+from envs import ECommerceEnv, EnvConfig
+from envs.baselines import BASELINES, run_episodes
+from rllib_rec.config import load_config
+from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
+from rllib_rec.offpolicy.estimators import evaluate_logs, target_distribution
+from rllib_rec.offpolicy.logs import LogArrays, log_arrays, read_logs
+from rllib_rec.tables import format_table
 
 ROOT = Path(__file__).parent.parent
 TRUTH_SEED = 10**8  # held-out users for the true values, disjoint from the logs' seeds

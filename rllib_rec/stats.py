@@ -30,8 +30,8 @@ __all__ = ["Seed", "bootstrap_ci", "mean_ci", "ratio_of_means_ci", "multiplicity
 
 Seed = int | Sequence[int]
 
-# Resampled elements held at once (resample indices plus resampled data): ~32 MB of int64 per array.
-_MAX_ELEMENTS = 1 << 22
+# Resampled elements held at once (resample indices plus resampled data): ~8 MB of int64 per array.
+_MAX_ELEMENTS = 1 << 20
 
 
 def _batch(n: int) -> int:
