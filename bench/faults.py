@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rllib_rec.tables import format_table
+
 ROOT = Path(__file__).parent.parent
 DEBUG = str(ROOT / "configs" / "debug.yaml")
 ENV = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "KERAS_BACKEND": "torch"}
@@ -134,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             d.mkdir()
             rows.append(SCENARIOS[name](d))
             print(f"  {name}: {time.perf_counter() - t0:.0f}s", flush=True)
-    # Markdown: the cells are sentences, and the README carries this table as is.
-    print("| fault injected | how often | outcome | work lost |\n|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    # Markdown: the cells are sentences, and docs/benchmarks.md carries this table as is.
+    print(format_table(["fault injected", "how often", "outcome", "work lost"], rows, markdown=True))
     return 0 if all("FAILED" not in r[2] for r in rows) else 1
 
 

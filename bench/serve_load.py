@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rllib_rec.tables import format_table
+
 ROOT = Path(__file__).resolve().parent.parent
 INVALID_KINDS = ("unknown-item", "huge-id", "wrong-type", "length-mismatch", "unknown-event", "malformed-json",
                  "oversized")
@@ -206,8 +208,7 @@ def _pct(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
-def summarise(run: dict[str, Any], rate: float, duration: float, concurrency: int) -> tuple[list[tuple[str, str]],
-                                                                                             dict[str, int]]:
+def summarise(run: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, int]]:
     res = run["results"]
     lat = sorted(r[0] * 1000 for r in res)
     outcomes = [r[1] for r in res]
@@ -219,7 +220,6 @@ def summarise(run: dict[str, Any], rate: float, duration: float, concurrency: in
         "wrong status": sum(o.startswith("wrong:") for o in outcomes),
     }
     rows = [
-        ("target", f"{rate:g} req/s for {duration:g} s, {concurrency} client threads"),
         ("requests sent", str(run["n_total"])),
         ("responses", str(len(res))),
         ("rate achieved req/s", f"{len(res) / run['done_s']:.1f}"),
@@ -266,12 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
         server_log = (work / "server.log").read_text(errors="replace")
 
-    rows, counts = summarise(run, args.rate, args.duration, args.concurrency)
+    rows, counts = summarise(run)
     print(f"serve_load: {model} ({meta.get('quantization')}, {meta['n_items']} items), invalid fraction "
-          f"{args.invalid:g}")
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+          f"{args.invalid:g}; target {args.rate:g} req/s for {args.duration:g} s, {args.concurrency} client threads")
+    print(format_table(["measure", "value"], rows))
     by_kind: dict[str, int] = {}
     for _, outcome, kind in run["results"]:
         if not outcome.endswith(("2xx", "4xx")) or outcome.startswith("wrong:"):
