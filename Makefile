@@ -14,7 +14,7 @@ help:
 	@echo "make test       set up .venv and run the fast test suite"
 	@echo "make test-slow  learning runs and other slow tests"
 	@echo "make bench      benchmark scripts (print tables)"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff and the import contracts (lint-imports)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,7 @@ bench: venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
