@@ -165,7 +165,7 @@ def test_readme_quick_start_runs_as_written(tmp_path) -> None:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the quick start did not reach a serving server (exit {proc.poll()}, "
-                            f"{time.monotonic() - t0:.0f} s):\n{log_path.read_text()[-4000:]}")
+                            f"{time.monotonic() - t0:.0f} s):\n{log_path.read_text()[-4000:]}", pytrace=False)
             time.sleep(0.5)
         assert list((tmp_path / "runs").glob("debug-*")), "the run directory is not under the working directory"
 
