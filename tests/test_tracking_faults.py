@@ -142,7 +142,7 @@ def test_mlflow_outage_mid_run_is_reported_once_and_flushed_when_it_recovers(tmp
         want = {int(r["env_steps"]): r[key] for r in rows if key in _logged(r)}
         assert got == want, key
     assert run.data.tags["checkpoint_path"] == str(res.checkpoint)
-    assert run.data.params["dqn.lr"] == "0.0005"
+    assert run.data.params["dqn.lr"] == "0.001"
     assert {"experiment.yaml", "debug.yaml", "evaluation.txt", "metrics.jsonl"} <= {
         a.path for a in client.list_artifacts(res.mlflow_run_id)}
 

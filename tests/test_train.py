@@ -69,7 +69,7 @@ def _q(module, obs) -> np.ndarray:
 def test_mlflow_run_has_params_metrics_png_and_checkpoint(run) -> None:
     client = mlflow.MlflowClient(run.tracking_uri)
     r = client.get_run(run.mlflow_run_id)
-    assert r.data.params["dqn.lr"] == "0.0005" and r.data.params["env.catalog.n_items"] == "10"
+    assert r.data.params["dqn.lr"] == "0.001" and r.data.params["env.catalog.n_items"] == "10"
     assert r.data.tags["checkpoint_path"] == str(run.checkpoint)
     history = client.get_metric_history(run.mlflow_run_id, "episode_return_mean")
     assert len(history) == 2

@@ -180,3 +180,32 @@ def offline_iteration(algo: Any, cfg: ExperimentConfig, n_updates: int, replayed
     for key in ("qf_loss", "qf_mean", "sample_weight_max"):
         out.setdefault(key, math.nan)
     return out
+
+
+class OfflineLoop:
+    """Iterations of offline DQN on a log: the replay buffer is filled once, then only updated from.
+    Progress is counted in replayed steps (see the module docstring), MLflow's step for offline runs."""
+
+    step_key = "replayed_steps"
+
+    def __init__(self, algo: Any, cfg: ExperimentConfig, data: OfflineData, replayed_before: float,
+                 log: Any) -> None:
+        self.algo, self.cfg = algo, cfg
+        self.n_updates = updates_per_iteration(cfg)
+        self.replayed = replayed_before
+        algo.local_replay_buffer.add(data.episodes)
+        log(f"offline: {data.n_transitions:,} logged transitions from {len(data.episodes):,} episodes of "
+            f"{', '.join(data.policy_ids)} in the replay buffer ({data.path})")
+
+    def run_iteration(self) -> dict[str, float]:
+        m = {"env_steps": 0.0, "epsilon": 0.0, **offline_iteration(self.algo, self.cfg, self.n_updates, self.replayed)}
+        self.replayed = m["replayed_steps"]
+        return m
+
+    def progress(self, m: dict[str, float]) -> str:
+        rate = self.n_updates / m["seconds"] if m["seconds"] > 0 else math.nan
+        return (f"offline updates {self.n_updates}  replayed {m['replayed_steps']:>9,.0f}  loss {m['qf_loss']:7.4f}  "
+                f"Q {m['qf_mean']:6.2f}  {rate:6,.1f} updates/s")
+
+    def closing_note(self, last: dict[str, float]) -> str | None:
+        return None

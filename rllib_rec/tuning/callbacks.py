@@ -10,8 +10,8 @@ from typing import Any
 
 from rllib_rec.config.schema import flatten
 from rllib_rec.config.sweep import SweepConfig
+from rllib_rec.training.online import iteration_metrics
 from rllib_rec.training.tracking import RunLogger, TrackingError
-from rllib_rec.training.train import iteration_metrics
 from rllib_rec.tuning.search_space import trial_experiment_config
 
 __all__ = ["trial_dirname", "progress_callback", "trial_tracking_callback", "metric_value", "fmt"]
