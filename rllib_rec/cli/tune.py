@@ -1,0 +1,45 @@
+"""``rllib-rec tune``: a Ray Tune sweep.
+
+Each command imports what it runs when it runs: ``rllib-rec --help`` and ``rllib-rec serve`` must not load
+torch, TensorFlow, Keras, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rllib_rec.cli.common import (
+    add_config_args,
+)
+from rllib_rec.errors import UsageError
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="hyperparameter sweep with Ray Tune (ASHA), every trial in MLflow, best checkpoint -> best.json",
+        description="Run tune.Tuner on the DQN config of the sweep file's base experiment with sweep.search_space "
+        "sampled into it; print the trials sorted by sweep.metric and write <storage_path>/<name>/best.json "
+        "(consumed by `rllib-rec export --best`). --resume continues an interrupted sweep without rerunning "
+        "finished trials.",
+    )
+    add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage_path>/<name>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
+    p.add_argument("--no-tracking", action="store_true", help="sweep without MLflow (trials, best.json and "
+                   "trials.txt are still written)")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from rllib_rec.tuning.sweep import run_sweep
+
+    if args.no_tracking and args.tracking_uri:
+        raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
+    res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
+                    log=lambda s: print(s, file=sys.stderr), track=not args.no_tracking)
+    print(f"best.json: {res.best_json}")
+    print(f"best checkpoint: {res.best['checkpoint']}  ({res.best['metric']}={res.best['value']:.4g})")
