@@ -137,7 +137,7 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     assert best["trial"] == top.metrics["trial_id"]
     assert best["value"] == pytest.approx(top.metrics["env_runners"]["episode_return_mean"])
     assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.gamma"}
-    assert best["config"]["model.embed_dim"] == top.config["_model_config"]["embed_dim"]
+    assert best["config"]["model.embed_dim"] == top.config["_model_config"]["qnet"]["embed_dim"]
 
     # Concurrency: two trials' [start, end] intervals overlap (Tune ran 2 at once on 2 CPUs).
     rows = _trial_rows(sweep_dir)

@@ -20,7 +20,12 @@ from typing import Any
 
 import yaml
 
+from rllib_rec.agent.runtime import init_ray, use_torch_keras_backend
 from rllib_rec.config.sweep import SweepConfig, load_sweep_config
+from rllib_rec.errors import CheckpointError
+from rllib_rec.tables import format_table
+from rllib_rec.training.checkpoints import CHECKPOINT_META, CONFIG_FILE, atomic_write_text
+from rllib_rec.training.tracking import RunLogger, connect, redact, resolve_tracking_uri
 from rllib_rec.tuning.callbacks import (
     fmt,
     metric_value,
@@ -99,21 +104,8 @@ def placement_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(parts) or "unknown"
 
 
-def _table(rows: list[dict[str, Any]], metric: str) -> str:
-    keys = sorted({k for row in rows for k in row["params"]})
-    header = ["#", "trial", "status", "iter", metric, *keys, "node"]
-    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), fmt(row["value"]),
-             *[fmt(row["params"].get(k, "")) for k in keys], row.get("node", "")[:NODE_ID_CHARS] or "-"]
-            for i, row in enumerate(rows)]
-    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
-    fmt = "  ".join(f"{{:{'<' if c in (1, 2) else '>'}{w}}}" for c, w in enumerate(widths))
-    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths]), *[fmt.format(*b) for b in body]])
-
-
 def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tuple[Path, Path]:
     """Copy the best trial's best checkpoint to ``dest`` with the project's metadata (atomic rename)."""
-    from rllib_rec.training.checkpoints import CHECKPOINT_META, CONFIG_FILE, CheckpointError
-
     r = row["result"]
     ckpt = None
     try:
@@ -138,6 +130,14 @@ def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tup
     return dest, src
 
 
+def _table(rows: list[dict[str, Any]], metric: str) -> str:
+    keys = sorted({k for row in rows for k in row["params"]})
+    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), fmt(row["value"]),
+             *[fmt(row["params"].get(k, "")) for k in keys], row.get("node", "")[:NODE_ID_CHARS] or "-"]
+            for i, row in enumerate(rows)]
+    return format_table(["#", "trial", "status", "iter", metric, *keys, "node"], body)
+
+
 def run_sweep(
     config_path: str,
     overrides: Sequence[str] = (),
@@ -148,70 +148,18 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or ``resume``) the sweep; returns the sorted trial rows and where ``best.json`` went.
 
-    ``track=False`` (``--no-tracking``): no MLflow logger for the trials and no "best" run."""
-    from rllib_rec.agent.runtime import use_torch_keras_backend
-
+    ``track=False`` (``--no-tracking``): no MLflow run per trial and no "best" run."""
     use_torch_keras_backend()
-    from rllib_rec.training.checkpoints import CheckpointError, atomic_write_text
-    from rllib_rec.training.tracking import connect, redact, resolve_tracking_uri
-
     scfg = load_sweep_config(config_path, overrides)
-    exp, sw = scfg.experiment, scfg.sweep
-    sweep_dir = scfg.sweep_dir
-    local = "://" not in str(sw.storage_path)
-    state_exists = (sweep_dir / "tuner.pkl").exists() if local else False
-    if local and resume and not state_exists:
-        raise CheckpointError(f"{sweep_dir}: no sweep to resume (tuner.pkl missing)")
-    if local and not resume and sweep_dir.exists():
-        raise CheckpointError(f"{sweep_dir}: sweep directory exists; use --resume, or --set sweep.name=NEW")
-
+    _check_sweep_dir(scfg, resume)
+    exp = scfg.experiment
     uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri) if track else None
     experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir) if uri else None  # fail before Ray
 
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from rllib_rec.agent.runtime import init_ray
-
     os.environ["RLLIB_REC_TORCH_THREADS"] = str(exp.run.torch_threads)
     init_ray()
-    algo_class, space = build_param_space(scfg)
-    if resume:
-        log(f"resuming sweep {sweep_dir}")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=algo_class, resume_unfinished=True,
-                                   resume_errored=True, param_space=space)
-    else:
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sw.max_t or exp.run.iterations,
-                                   grace_period=sw.grace_period, reduction_factor=sw.reduction_factor)
-                     if sw.scheduler == "asha" else FIFOScheduler())
-        tuner = tune.Tuner(
-            algo_class,
-            param_space=space,
-            tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler,
-                                        num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials,
-                                        trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(
-                name=scfg.name,
-                storage_path=str(sweep_dir.parent) if local else sw.storage_path,
-                stop={"training_iteration": exp.run.iterations},
-                failure_config=tune.FailureConfig(max_failures=sw.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
-                callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri else []),
-                           progress_callback(sw.metric, log)],
-                verbose=0,
-            ),
-        )
-        log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}, "
-            f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri) if uri else 'off'})")
-    grid = tuner.fit()
-    # Trial statuses as Tune saved them (the live objects fit() returns after Ctrl-C do not say PENDING).
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(str(sweep_dir) if local else f"{sw.storage_path.rstrip('/')}/{scfg.name}").trials
-    except Exception:  # noqa: BLE001 — fall back to what fit() returned
-        trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    grid = _tuner(scfg, resume, uri, experiment_id, log).fit()
+    trials = _saved_trials(scfg, grid)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if unfinished:  # Tune returns normally after Ctrl-C; do not crown a best from a partial sweep
         log(f"sweep interrupted with {len(unfinished)} unfinished trial(s); continue with: "
@@ -219,16 +167,91 @@ def run_sweep(
         raise KeyboardInterrupt
 
     rows, concurrency = _trial_rows(scfg, grid)
-    table = _table(rows, sw.metric)
+    table = _table(rows, scfg.sweep.metric)
+    _log_sweep(table, rows, trials, concurrency, log)
+    ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
+    if not ok:
+        raise CheckpointError(f"{scfg.sweep_dir}: no trial reported {scfg.sweep.metric}")
+    best = _record_best(scfg, ok[0], table, concurrency, uri, experiment_id, log)
+    return SweepResult(scfg.sweep_dir, scfg.sweep_dir / "best.json", best,
+                       [{k: v for k, v in r.items() if k != "result"} for r in rows], table, concurrency)
+
+
+def _check_sweep_dir(scfg: SweepConfig, resume: bool) -> None:
+    """A new sweep needs a fresh directory; a resumed one Tune's saved state (local storage only)."""
+    sweep_dir = scfg.sweep_dir
+    if "://" in scfg.sweep.storage_path:
+        return
+    if resume and not (sweep_dir / "tuner.pkl").exists():
+        raise CheckpointError(f"{sweep_dir}: no sweep to resume (tuner.pkl missing)")
+    if not resume and sweep_dir.exists():
+        raise CheckpointError(f"{sweep_dir}: sweep directory exists; use --resume, or --set sweep.name=NEW")
+
+
+def _tuner(scfg: SweepConfig, resume: bool, uri: str | None, experiment_id: str | None,
+           log: Callable[[str], None]) -> Any:
+    """The Tuner over the sweep's trainable and search space (restored from its directory on resume)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    exp, sw, sweep_dir = scfg.experiment, scfg.sweep, scfg.sweep_dir
+    algo_class, space = build_param_space(scfg)
+    if resume:
+        log(f"resuming sweep {sweep_dir}")
+        return tune.Tuner.restore(str(sweep_dir), trainable=algo_class, resume_unfinished=True,
+                                  resume_errored=True, param_space=space)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sw.max_t or exp.run.iterations,
+                               grace_period=sw.grace_period, reduction_factor=sw.reduction_factor)
+                 if sw.scheduler == "asha" else FIFOScheduler())
+    local = "://" not in sw.storage_path
+    log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}, "
+        f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri) if uri else 'off'})")
+    return tune.Tuner(
+        algo_class,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler,
+                                    num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=scfg.name,
+            storage_path=str(sweep_dir.parent) if local else sw.storage_path,
+            stop={"training_iteration": exp.run.iterations},
+            failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
+            callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri else []),
+                       progress_callback(sw.metric, log)],
+            verbose=0,
+        ),
+    )
+
+
+def _saved_trials(scfg: SweepConfig, grid: Any) -> list[Any]:
+    """Trial statuses as Tune saved them (the live objects fit() returns after Ctrl-C do not say PENDING)."""
+    from ray.tune import ExperimentAnalysis
+
+    sw = scfg.sweep
+    where = str(scfg.sweep_dir) if "://" not in sw.storage_path else f"{sw.storage_path.rstrip('/')}/{scfg.name}"
+    try:
+        return ExperimentAnalysis(where).trials
+    except Exception:  # noqa: BLE001 — fall back to what fit() returned
+        return getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+
+
+def _log_sweep(table: str, rows: list[dict[str, Any]], trials: list[Any], concurrency: int,
+               log: Callable[[str], None]) -> None:
     log(table)
     log(f"max trials running at once (from trial timestamps): {concurrency}")
     log(f"trials per Ray node: {placement_summary(rows)}")
     retried = {t.trial_id: t.num_failures for t in trials if getattr(t, "num_failures", 0)}
     log("trial errors retried: " + (", ".join(f"{k} x{v}" for k, v in sorted(retried.items())) or "none"))
-    ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
-    if not ok:
-        raise CheckpointError(f"{sweep_dir}: no trial reported {sw.metric}")
-    best_row = ok[0]
+
+
+def _record_best(scfg: SweepConfig, best_row: dict[str, Any], table: str, concurrency: int, uri: str | None,
+                 experiment_id: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """``best_checkpoint/``, ``best.json`` and ``trials.txt`` in the sweep directory, and (tracked) a
+    ``<sweep>-best`` MLflow run through the same outage-safe RunLogger as every other run."""
+    sw, sweep_dir = scfg.sweep, scfg.sweep_dir
     best_ckpt, trial_ckpt = _materialise_best(scfg, best_row, sweep_dir / "best_checkpoint")
     best = {"checkpoint": str(best_ckpt), "trial_checkpoint": str(trial_ckpt), "metric": sw.metric,
             "mode": sw.mode, "value": best_row["value"], "trial": best_row["trial"], "trial_dir": best_row["trial_dir"],
@@ -236,20 +259,14 @@ def run_sweep(
     best_json = sweep_dir / "best.json"
     atomic_write_text(best_json, json.dumps(best, indent=2))
     atomic_write_text(sweep_dir / "trials.txt", table + "\n")
-
-    if uri is not None:  # None: --no-tracking
-        import mlflow
-
-        experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scfg.name}-best"):
-            mlflow.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
-                             "checkpoint_path": str(best_ckpt)})
-            mlflow.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
-            mlflow.log_metric("best_value", best_row["value"])
-            mlflow.log_metric("max_concurrent_trials_observed", concurrency)
-            mlflow.log_artifact(str(best_json))
-            mlflow.log_artifact(str(sweep_dir / "trials.txt"))
+    if uri is not None and experiment_id is not None:
+        with RunLogger.start(uri, experiment_id, sweep_dir, log, run_name=f"{scfg.name}-best") as tracker:
+            tracker.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
+                              "checkpoint_path": str(best_ckpt)})
+            tracker.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
+            tracker.log_metrics({"best_value": best_row["value"], "max_concurrent_trials_observed": concurrency})
+            tracker.log_artifact(best_json)
+            tracker.log_artifact(sweep_dir / "trials.txt")
     log(f"best trial {best_row['trial']}: {sw.metric}={best_row['value']:.4g}  checkpoint {best_ckpt}")
     log(f"best.json     : {best_json}")
-    return SweepResult(sweep_dir, best_json, best, [{k: v for k, v in r.items() if k != "result"} for r in rows],
-                       table, concurrency)
+    return best
