@@ -94,7 +94,7 @@ def test_sidecar_describes_the_model(exported, trained_debug) -> None:
     assert side["config_hash"] == cfg.config_hash() and side["config_name"] == "debug"
     assert side["source_checkpoint"] == str(trained_debug.checkpoint)
     assert side["quantization"] == "none" and side["model_file"] == "model.tflite"
-    assert side["model_config"]["embed_dim"] == 32
+    assert side["model_spec"]["embed_dim"] == 32
     for mode, fname in MODES_FILES.items():  # each sidecar pins its own file's bytes
         blob = (exported / fname).read_bytes()
         side = _sidecar(exported, mode)

@@ -6,11 +6,8 @@ torch:
 1. This process (torch Keras) restores the checkpoint's RLModule, dumps its Q-network weights (by Keras
    variable path) to an ``.npz`` in a temp dir, and records the module's own Q-values on ``samples``
    observations drawn from the simulator with an epsilon-greedy policy (the reference, "Q_checkpoint").
-2. A child ``python -m rllib_rec.deploy.export --convert JOB`` with ``KERAS_BACKEND=tensorflow`` rebuilds the
-   network from the checkpoint's *recorded* config, loads the weights (strictly: a wrong architecture
-   fails), exports a SavedModel, converts it with ``TFLITE_BUILTINS`` only (no Flex: pip TF cannot run
-   it) per quantisation mode, and runs every sample through ``ai_edge_litert`` at batch 1 (what
-   ``serve`` does) and as one batch.
+2. A child (:mod:`rllib_rec.deploy.convert`, ``KERAS_BACKEND=tensorflow``) rebuilds the network from the
+   checkpoint's own spec, converts it to TFLite with builtin ops only and measures parity.
 
 The parity gate (:data:`TOLERANCES`) then decides: a model that fails is never written. Files are
 written under a hidden temp name and hard-linked into place (``os.link`` refuses to replace), so an
@@ -19,7 +16,6 @@ existing export is never overwritten and a failed command leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from envs import EVENT_NAMES, ECommerceEnv
+from rllib_rec.agent.runtime import set_torch_threads
+from rllib_rec.deploy.convert import INPUTS, SIGNATURE, tflite_ops
 from rllib_rec.errors import ExportError
+from rllib_rec.training.checkpoints import (
+    checkpoint_config,
+    checkpoint_meta,
+    checkpoint_named_by,
+    load_module,
+    resolve_checkpoint,
+)
+from rllib_rec.training.tracking import TrackingError, connect, redact, resolve_tracking_uri
 
 __all__ = [
     "QUANT_MODES",
@@ -51,13 +58,8 @@ __all__ = [
 ]
 
 QUANT_MODES = ("none", "fp16", "dynamic-int8")
-SIGNATURE = "serving_default"
 SIDECAR_FORMAT = "rllib-rec-tflite/1"
 _FILE_STEMS = {"none": "model", "fp16": "model_fp16", "dynamic-int8": "model_int8"}
-_INPUTS = ("items", "events", "action_mask")
-# Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.agent.model); anything above this
-# threshold in a masked slot means the mask was lost in conversion.
-_MASKED_THRESHOLD = -1e8
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-
-
 @dataclass
 class ExportResult:
     checkpoint: Path
@@ -107,8 +107,6 @@ def model_filename(mode: str) -> str:
 def resolve_source(checkpoint: str | None = None, best: str | None = None) -> Path:
     """The checkpoint to export: ``--checkpoint`` (checkpoint or run dir) or ``--best best.json``, a JSON
     object ``{"checkpoint": path, ...}`` written by the sweep (a relative path is relative to the JSON)."""
-    from rllib_rec.training.checkpoints import checkpoint_named_by, resolve_checkpoint
-
     if (checkpoint is None) == (best is None):
         raise ExportError("give exactly one of --checkpoint PATH or --best best.json")
     if checkpoint is not None:
@@ -141,19 +139,17 @@ def sample_observations(
     Epsilon-greedy rather than uniform so that the samples include the histories the trained policy
     actually produces (repeated clicks on what it likes) as well as cold starts and random ones.
     """
-    from envs import ECommerceEnv
-
     rng = np.random.default_rng(seed)
     envs = [ECommerceEnv(env_config) for _ in range(max(1, min(n_envs, n)))]
     obs_list = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     next_seed = seed + len(envs)
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in _INPUTS}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in INPUTS}
     qs: list[np.ndarray] = []
     while len(rows["items"]) < n:
-        batch = {k: np.stack([o[k] for o in obs_list]) for k in _INPUTS}
+        batch = {k: np.stack([o[k] for o in obs_list]) for k in INPUTS}
         q = q_fn(batch) if q_fn is not None else None
         take = min(len(envs), n - len(rows["items"]))
-        for k in _INPUTS:
+        for k in INPUTS:
             rows[k].extend(batch[k][:take])
         if q is not None:
             qs.extend(q[:take])
@@ -212,43 +208,6 @@ def check_gate(parity: dict[str, Any], mode: str) -> str | None:
     return None
 
 
-def tflite_ops(model: bytes) -> list[str]:
-    """Operator names of a .tflite flatbuffer (``CUSTOM:<name>`` for custom/Flex ops), sorted.
-
-    Reads the flatbuffer schema shipped with ai-edge-litert, so it needs no TensorFlow.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    m = schema.Model.GetRootAsModel(model, 0)
-    ops = set()
-    for i in range(m.OperatorCodesLength()):
-        oc = m.OperatorCodes(i)
-        code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
-        name = names.get(code, f"UNKNOWN_{code}")
-        if name == "CUSTOM":
-            custom = oc.CustomCode()
-            name = f"CUSTOM:{custom.decode() if isinstance(custom, bytes) else custom}"
-        ops.add(name)
-    return sorted(ops)
-
-
-def _tensor_types(model: bytes) -> dict[str, int]:
-    """How many tensors of each type (how much of the model a quantisation mode actually changed)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    m = schema.Model.GetRootAsModel(model, 0)
-    counts: dict[str, int] = {}
-    for s in range(m.SubgraphsLength()):
-        g = m.Subgraphs(s)
-        for t in range(g.TensorsLength()):
-            name = names.get(g.Tensors(t).Type(), "?")
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-# --------------------------------------------------------------------------------------------- export
 def export_checkpoint(
     checkpoint: str | None = None,
     best: str | None = None,
@@ -261,48 +220,18 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export, verify, write and (with ``track``) log + register one model per quantisation mode.
 
-    All modes pass the gate or nothing is written. Raises ExportError / CheckpointError / ConfigError /
-    TrackingError with one-line messages.
-    """
-    from rllib_rec.training.checkpoints import checkpoint_config, checkpoint_meta
-
-    modes = list(dict.fromkeys(quantize))
-    bad = [m for m in modes if m not in QUANT_MODES]
-    if bad or not modes:
-        raise ExportError(f"--quantize {bad[0] if bad else ''!r}: choose from {', '.join(QUANT_MODES)}")
-    if samples < 1000:
-        raise ExportError(f"--samples must be >= 1000 for a meaningful parity gate, got {samples}")
+    All modes pass the gate or nothing is written. Raises ``RllibRecError``s with one-line messages."""
+    modes = _check_modes(quantize, samples)
     ckpt = resolve_source(checkpoint, best)
-    cfg = checkpoint_config(ckpt)
-    meta = checkpoint_meta(ckpt)
+    cfg, meta = checkpoint_config(ckpt), checkpoint_meta(ckpt)
     out_dir = Path(out).expanduser().resolve() if out else _default_out(ckpt)
-    targets = {m: out_dir / model_filename(m) for m in modes}
-    for path in targets.values():
-        for p in (path, path.with_suffix(".json")):
-            if p.exists():
-                raise ExportError(f"{p}: already exists; refusing to overwrite an export (choose another --out)")
-
+    targets = _targets(out_dir, modes)
     # Tracking first: fail in seconds, before any conversion work, if the store is unusable.
-    uri = experiment_id = None
-    if track:
-        from rllib_rec.training.tracking import connect, resolve_tracking_uri
-
-        run_dir = _run_dir(ckpt)
-        store_dir = run_dir.parent if run_dir else out_dir
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            local = store_dir / "mlflow.db"
-            uri = f"sqlite:///{local}" if local.is_file() else resolve_tracking_uri(cfg.run.output_dir)
-        experiment_id = connect(uri, cfg.run.experiment, store_dir)
-
-    from envs import EVENT_NAMES
-    from rllib_rec.agent.runtime import set_torch_threads
-    from rllib_rec.training.checkpoints import load_module
+    uri, experiment_id = _connect_tracking(ckpt, cfg, out_dir, tracking_uri) if track else (None, None)
 
     t0 = time.perf_counter()
     module = load_module(ckpt)
     set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
-    spec = module.spec.to_dict()  # the checkpoint's own network, as it was trained
     weights = _module_weights(module)
     obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
     log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
@@ -313,48 +242,10 @@ def export_checkpoint(
     work = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
     ok = False
     try:
-        paths = sorted(weights)
-        np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
-        np.savez(work / "samples.npz", q_ref=q_ref, **obs)
-        (work / "job.json").write_text(json.dumps({
-            "spec": spec, "weight_paths": paths, "modes": modes,
-        }))
-        t1 = time.perf_counter()
-        _run_converter(work)
-        result = json.loads((work / "result.json").read_text())
-        log(f"converted {', '.join(modes)} with TFLITE_BUILTINS ({time.perf_counter() - t1:.1f}s)")
-        if "dynamic-int8" in modes and not result["modes"]["dynamic-int8"]["tensor_types"].get("INT8"):
-            log("note: dynamic-int8 quantised no tensor (TFLite only quantises weights with >= 1024 elements); "
-                "the file is numerically the float model")
-
-        failures = []
-        for m in modes:
-            r = result["modes"][m]
-            parity = r["parity"]
-            tol = TOLERANCES[m]
-            parity.update(tolerance=tol.bound(parity["q_scale"]), tolerance_atol=tol.atol,
-                          tolerance_rtol=tol.rtol, top1_required=tol.top1)
-            non_builtin = [op for op in r["ops"] if op.startswith(("CUSTOM", "UNKNOWN", "FLEX"))]
-            why = check_gate(parity, m) or (f"non-builtin ops {non_builtin}" if non_builtin else None)
-            parity["passed"] = why is None
-            if why:
-                failures.append(f"{m}: {why}")
-        if failures:
-            raise ExportError(f"parity gate failed for {ckpt} ({'; '.join(failures)}); nothing written")
-
-        written: dict[str, Path] = {}
-        try:
-            for m in modes:
-                sidecar = _sidecar(m, targets[m].name, result, ckpt, cfg, meta, EVENT_NAMES, samples)
-                tmp_json = work / f"{_FILE_STEMS[m]}.json"
-                tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
-                for src, dst in ((work / f"{m}.tflite", targets[m]), (tmp_json, targets[m].with_suffix(".json"))):
-                    os.link(src, dst)  # fails instead of replacing an existing file
-                    written[str(dst)] = dst
-        except FileExistsError as e:
-            for p in written.values():
-                p.unlink(missing_ok=True)
-            raise ExportError(f"{e.filename}: already exists; refusing to overwrite an export") from None
+        # The checkpoint's own network spec, as it was trained, is what the converter rebuilds.
+        result = _convert(work, module.spec.to_dict(), weights, obs, q_ref, modes, log)
+        _gate(result, modes, ckpt)
+        _write_files(work, targets, result, ckpt, cfg, meta, samples)
         ok = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -365,6 +256,92 @@ def export_checkpoint(
     if track:
         _track(res, cfg, meta, uri, experiment_id, log)
     return res
+
+
+def _check_modes(quantize: Sequence[str], samples: int) -> list[str]:
+    modes = list(dict.fromkeys(quantize))
+    bad = [m for m in modes if m not in QUANT_MODES]
+    if bad or not modes:
+        raise ExportError(f"--quantize {bad[0] if bad else ''!r}: choose from {', '.join(QUANT_MODES)}")
+    if samples < 1000:
+        raise ExportError(f"--samples must be >= 1000 for a meaningful parity gate, got {samples}")
+    return modes
+
+
+def _targets(out_dir: Path, modes: Sequence[str]) -> dict[str, Path]:
+    """Where each mode's file goes; refused now if --out is not a directory or a file would be replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: exists and is not a directory (give a directory for the model files)")
+    targets = {m: out_dir / model_filename(m) for m in modes}
+    for path in targets.values():
+        for p in (path, path.with_suffix(".json")):
+            if p.exists():
+                raise ExportError(f"{p}: already exists; refusing to overwrite an export (choose another --out)")
+    return targets
+
+
+def _connect_tracking(ckpt: Path, cfg: Any, out_dir: Path, tracking_uri: str | None) -> tuple[str, str]:
+    """The store: --tracking-uri, $MLFLOW_TRACKING_URI, the run's own local store, or the config's."""
+    run_dir = _run_dir(ckpt)
+    store_dir = run_dir.parent if run_dir else out_dir
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        local = store_dir / "mlflow.db"
+        uri = f"sqlite:///{local}" if local.is_file() else resolve_tracking_uri(cfg.run.output_dir)
+    return uri, connect(uri, cfg.run.experiment, store_dir)
+
+
+def _convert(work: Path, spec: dict[str, Any], weights: dict[str, np.ndarray], obs: dict[str, np.ndarray],
+             q_ref: np.ndarray, modes: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Run the TensorFlow-side converter (``rllib_rec.deploy.convert``) on a job in ``work``."""
+    paths = sorted(weights)
+    np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
+    np.savez(work / "samples.npz", q_ref=q_ref, **obs)
+    (work / "job.json").write_text(json.dumps({"spec": spec, "weight_paths": paths, "modes": list(modes)}))
+    t1 = time.perf_counter()
+    _run_converter(work)
+    result = json.loads((work / "result.json").read_text())
+    log(f"converted {', '.join(modes)} with TFLITE_BUILTINS ({time.perf_counter() - t1:.1f}s)")
+    if "dynamic-int8" in modes and not result["modes"]["dynamic-int8"]["tensor_types"].get("INT8"):
+        log("note: dynamic-int8 quantised no tensor (TFLite only quantises weights with >= 1024 elements); "
+            "the file is numerically the float model")
+    return result
+
+
+def _gate(result: dict[str, Any], modes: Sequence[str], ckpt: Path) -> None:
+    """Every mode's parity figures against its tolerance (recorded in the figures); ExportError if any fails."""
+    failures = []
+    for m in modes:
+        r = result["modes"][m]
+        parity = r["parity"]
+        tol = TOLERANCES[m]
+        parity.update(tolerance=tol.bound(parity["q_scale"]), tolerance_atol=tol.atol,
+                      tolerance_rtol=tol.rtol, top1_required=tol.top1)
+        non_builtin = [op for op in r["ops"] if op.startswith(("CUSTOM", "UNKNOWN", "FLEX"))]
+        why = check_gate(parity, m) or (f"non-builtin ops {non_builtin}" if non_builtin else None)
+        parity["passed"] = why is None
+        if why:
+            failures.append(f"{m}: {why}")
+    if failures:
+        raise ExportError(f"parity gate failed for {ckpt} ({'; '.join(failures)}); nothing written")
+
+
+def _write_files(work: Path, targets: dict[str, Path], result: dict[str, Any], ckpt: Path, cfg: Any,
+                 meta: dict[str, Any], samples: int) -> None:
+    """Each model and its sidecar, hard-linked into place: all of them, or (on a clash) none."""
+    written: list[Path] = []
+    try:
+        for m, target in targets.items():
+            sidecar = _sidecar(m, target.name, result, ckpt, cfg, meta, EVENT_NAMES, samples)
+            tmp_json = work / f"{_FILE_STEMS[m]}.json"
+            tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
+            for src, dst in ((work / f"{m}.tflite", target), (tmp_json, target.with_suffix(".json"))):
+                os.link(src, dst)  # fails instead of replacing an existing file
+                written.append(dst)
+    except FileExistsError as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise ExportError(f"{e.filename}: already exists; refusing to overwrite an export") from None
 
 
 def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: Any, meta: dict[str, Any],
@@ -408,7 +385,7 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
 def _run_converter(work: Path) -> None:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rllib_rec.deploy.export", "--convert", str(work)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "rllib_rec.deploy.convert", "--convert", str(work)], env=env,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not (work / "result.json").is_file():
         err = (work / "error.txt").read_text().strip() if (work / "error.txt").is_file() else ""
@@ -424,8 +401,6 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
     store) and register one model version per file. ``mlflow.register_model`` needs an MLflow-format model
     in MLflow 3, so the version is created from the artifact directory with the client API."""
     import mlflow
-
-    from rllib_rec.training.tracking import TrackingError, redact
 
     client = mlflow.MlflowClient(uri)
     try:
@@ -480,113 +455,3 @@ def summary_lines(res: ExportResult) -> list[str]:
     for mode, version in res.registered.items():
         lines.append(f"registered {version} ({mode})")
     return lines
-
-
-# --------------------------------------------------------------------------------------------- child
-def _convert_main(work: Path) -> None:
-    """Child process (KERAS_BACKEND=tensorflow): rebuild, load weights, convert, measure parity."""
-    if os.environ.get("KERAS_BACKEND") != "tensorflow":
-        raise RuntimeError("the converter child needs KERAS_BACKEND=tensorflow")
-    import keras
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    from rllib_rec.agent.model import build_q_model, load_q_model_weights
-    from rllib_rec.agent.spec import QNetSpec
-
-    job = json.loads((work / "job.json").read_text())
-    model = build_q_model(QNetSpec.from_dict(job["spec"]), name="q_net")
-    with np.load(work / "weights.npz") as z:
-        weights = {p: z[f"w{i}"] for i, p in enumerate(job["weight_paths"])}
-    try:
-        load_q_model_weights(model, weights)
-    except (KeyError, ValueError) as e:
-        raise RuntimeError(f"checkpoint weights do not fit the model built from its recorded config: {e}") from None
-    saved = work / "saved_model"
-    model.export(str(saved), format="tf_saved_model", verbose=False)
-
-    with np.load(work / "samples.npz") as z:
-        obs = {k: z[k] for k in _INPUTS}
-        q_ref = z["q_ref"]
-    cand = obs["action_mask"] > 0
-    q_scale = float(np.max(np.abs(np.where(cand, q_ref, 0.0))))
-
-    out: dict[str, Any] = {"spec": job["spec"], "modes": {}}
-    for mode in job["modes"]:
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if mode in ("fp16", "dynamic-int8"):
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode == "fp16":
-            conv.target_spec.supported_types = [tf.float16]
-        blob = conv.convert()
-        (work / f"{mode}.tflite").write_bytes(blob)
-
-        interp = Interpreter(model_content=blob, num_threads=1)
-        runner = interp.get_signature_runner(SIGNATURE)
-        out_name = interp.get_signature_list()[SIGNATURE]["outputs"][0]
-        q_single = np.stack([
-            runner(**{k: obs[k][i : i + 1] for k in _INPUTS})[out_name][0] for i in range(len(q_ref))
-        ])
-        q_batch = runner(**obs)[out_name]
-        out["modes"][mode] = {
-            "parity": _parity(q_single, q_batch, q_ref, cand, q_scale),
-            "ops": tflite_ops(blob),
-            "tensor_types": _tensor_types(blob),
-            "size_bytes": len(blob),
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "inputs": _io_details(runner.get_input_details()),
-            "output": {**_io_details(runner.get_output_details())[out_name], "name": out_name},
-            "converter": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                          "supported_ops": ["TFLITE_BUILTINS"],
-                          "optimizations": [] if mode == "none" else ["DEFAULT"],
-                          "supported_types": ["float16"] if mode == "fp16" else []},
-        }
-    (work / "result.json").write_text(json.dumps(out))
-
-
-def _io_details(details: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{signature name: {tensor, shape, dtype}} from a signature runner. The tensors' order is not the
-    declared order (and their names carry a ``serving_default_`` prefix), so callers map by name."""
-    return {name: {"tensor": d["name"], "shape": [int(s) for s in d["shape_signature"]],
-                   "dtype": np.dtype(d["dtype"]).name} for name, d in details.items()}
-
-
-def _parity(q_single: np.ndarray, q_batch: np.ndarray, q_ref: np.ndarray, cand: np.ndarray,
-            q_scale: float) -> dict[str, Any]:
-    diff = np.abs(q_single - q_ref)[cand]
-    diff_b = np.abs(q_batch - q_ref)[cand]
-    masked_ref = np.where(cand, q_ref, -np.inf)
-    top_ref = np.argmax(masked_ref, axis=1)
-    top_tfl = np.argmax(np.where(cand, q_single, -np.inf), axis=1)
-    srt = np.sort(masked_ref, axis=1)
-    gap = srt[:, -1] - srt[:, -2] if masked_ref.shape[1] > 1 else np.full(len(srt), np.inf)
-    masked = ~cand
-    return {
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "max_abs_diff_batched": float(diff_b.max()) if diff_b.size else 0.0,
-        "q_scale": q_scale,
-        "top1_agreement": float(np.mean(top_ref == top_tfl)),
-        "top1_disagreements": int(np.sum(top_ref != top_tfl)),
-        "min_top2_gap": float(np.min(gap[np.isfinite(gap)])) if np.isfinite(gap).any() else None,
-        "masked_ok": bool(np.all(q_single[masked] <= _MASKED_THRESHOLD)) if masked.any() else True,
-    }
-
-
-def _child(argv: Sequence[str]) -> int:
-    if len(argv) != 2 or argv[0] != "--convert":
-        print("usage: python -m rllib_rec.deploy.export --convert JOB_DIR (internal; use `rllib-rec export`)",
-              file=sys.stderr)
-        return 2
-    work = Path(argv[1])
-    try:
-        _convert_main(work)
-    except Exception as e:  # noqa: BLE001 — reported to the parent as one line
-        (work / "error.txt").write_text(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
