@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.agent.registry import RUNTIME_KEY, register_rllib_env
+from rllib_rec.agent.runtime import set_torch_threads, use_torch_keras_backend
 from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.config.schema import to_dict
@@ -12,7 +14,9 @@ from rllib_rec.config.schema import to_dict
 if TYPE_CHECKING:
     from ray.rllib.algorithms.dqn import DQNConfig
 
-__all__ = ["build_algo_config", "module_model_config", "learner_config"]
+__all__ = ["TRIAL_TORCH_THREADS_ENV", "build_algo_config", "module_model_config", "learner_config"]
+
+TRIAL_TORCH_THREADS_ENV = "RLLIB_REC_TORCH_THREADS"  # torch threads of a Tune trial process (set by the sweep)
 
 
 def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -23,8 +27,6 @@ def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
 def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The training envs' config: the env section (with ``dqn.explore_item_dropout`` folded into its
     ``item_dropout``), plus the watchdog and injected faults under ``RUNTIME_KEY`` (see registry.py)."""
-    from rllib_rec.agent.registry import RUNTIME_KEY
-
     f = cfg.faults
     runtime = {"env_step_timeout_s": cfg.run.env_step_timeout_s, "env_crash_rate": f.env_crash_rate,
                "env_hang_rate": f.env_hang_rate, "env_hang_seconds": f.env_hang_seconds, "seed": cfg.run.seed,
@@ -44,16 +46,26 @@ def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"use_per": d.prioritized_replay, "use_ips": d.ips_weights, "ips_clip": d.ips_clip, "normalize": "mean"}
 
 
-def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
+def _one_torch_thread_per_trial(algorithm: Any = None, **_: Any) -> None:
+    """RLlib ``on_algorithm_init`` hook of a Tune trial: its process's torch threads (DESIGN: one thread is
+    ~10x faster than two for this net on 2 cores), read from the environment the sweep sets."""
+    set_torch_threads(int(os.environ.get(TRIAL_TORCH_THREADS_ENV, "1")))
+
+
+def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) -> DQNConfig:
     """Build the DQNConfig: env runners, replay ratio, n-step, double-Q, target sync, epsilon, lr, gamma,
-    learners/threads — all from ``cfg``; nothing else in the project constructs an AlgorithmConfig."""
+    learners/threads — all from ``cfg``; nothing else in the project constructs an AlgorithmConfig.
+
+    ``trial_cpus`` (a Tune trial): the main process's CPUs, one torch thread per trial, and the module's
+    ``model_config`` at the algorithm level, where Tune resolves search spaces (it does not look inside
+    the ``RLModuleSpec`` object; RLlib merges both levels into the same dict)."""
     use_torch_keras_backend()
+    # Imported only now: ray.rllib imports TensorFlow, which imports Keras and freezes its backend.
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rllib_rec.agent.learner import WeightedDQNTorchLearner
     from rllib_rec.agent.module import TransformerDQNModule
-    from rllib_rec.agent.registry import register_rllib_env
     from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
 
     d, r = cfg.dqn, cfg.run
@@ -81,7 +93,8 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
     )
     if d.training_intensity is not None:
         training["training_intensity"] = d.training_intensity
-    return (
+    model_config = module_model_config(cfg)
+    config = (
         DQNConfig()
         .environment(register_rllib_env(), env_config=env_config(cfg))
         .framework("torch")
@@ -96,7 +109,9 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
             learner_class=WeightedDQNTorchLearner,
             learner_config_dict=learner_config(cfg),
         )
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule, model_config=module_model_config(cfg)))
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule,
+                                                model_config=None if trial_cpus else model_config),
+                   model_config=model_config if trial_cpus else None)
         .training(**training)
         .reporting(min_sample_timesteps_per_iteration=r.steps_per_iteration, metrics_num_episodes_for_smoothing=100)
         .fault_tolerance(
@@ -106,3 +121,7 @@ def build_algo_config(cfg: ExperimentConfig) -> DQNConfig:
         )
         .debugging(seed=r.seed)
     )
+    if trial_cpus:
+        config.resources(num_cpus_for_main_process=trial_cpus)
+        config.callbacks(on_algorithm_init=_one_torch_thread_per_trial)
+    return config

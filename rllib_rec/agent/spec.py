@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from envs import N_EVENT_TYPES, Catalog
+
 __all__ = ["MODEL_CONFIG_KEY", "QNetSpec"]
 
 # The RLModule's model_config carries the spec under this key (``QNetSpec.to_dict()``).
@@ -86,8 +88,6 @@ class QNetSpec:
     def from_experiment(cls, cfg: Any) -> QNetSpec:
         """The spec of an :class:`~rllib_rec.config.ExperimentConfig`: its ``model`` section as it is, plus
         the shop's sizes and, with ``model.item_categories``, the catalog's item categories."""
-        from envs import N_EVENT_TYPES, Catalog
-
         arch = dataclasses.asdict(cfg.model)
         arch["item_categories"] = tuple(Catalog(cfg.env.catalog).category.tolist()) if arch["item_categories"] else None
         return cls(n_items=cfg.env.catalog.n_items, history_length=cfg.env.history_length,

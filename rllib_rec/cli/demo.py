@@ -6,6 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from envs import EVENT_NAMES, ECommerceEnv
+from rllib_rec.deploy.export import export_checkpoint
+from rllib_rec.deploy.serve import Recommender
+from rllib_rec.errors import UsageError
+from rllib_rec.training.checkpoints import checkpoint_config
+from rllib_rec.training.train import summary_lines, train
+
 __all__ = ["DEBUG_CONFIG", "run_demo"]
 
 DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
@@ -14,14 +21,8 @@ DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 def run_demo(overrides: Sequence[str] = (), tracking_uri: str | None = None,
              log: Callable[[str], None] = print) -> list[str]:
     """Returns the summary lines (also printed by the CLI)."""
-    from envs import EVENT_NAMES, ECommerceEnv
-    from rllib_rec.deploy.export import export_checkpoint
-    from rllib_rec.deploy.serve import Recommender
-    from rllib_rec.training.checkpoints import checkpoint_config
-    from rllib_rec.training.train import summary_lines, train
-
     if not DEBUG_CONFIG.is_file():
-        raise FileNotFoundError(f"{DEBUG_CONFIG}: the demo's config is missing (run from a source checkout)")
+        raise UsageError(f"{DEBUG_CONFIG}: the demo's config is missing (run from a source checkout)")
     log(f"== 1/3 train {DEBUG_CONFIG.name} locally")
     res = train(str(DEBUG_CONFIG), overrides, tracking_uri=tracking_uri, log=log)
     log("== 2/3 export to TFLite (builtin ops only) and check parity against the checkpoint")

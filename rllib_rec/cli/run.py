@@ -10,10 +10,15 @@ import argparse
 import sys
 import time
 
+import yaml
+
+from envs.baselines import BASELINES, run_episodes
 from rllib_rec.cli.common import (
     add_config_args,
 )
+from rllib_rec.config import load_config
 from rllib_rec.errors import UsageError
+from rllib_rec.tables import policy_table
 
 __all__ = ["add_parsers"]
 
@@ -83,10 +88,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> None:
-    from envs.baselines import BASELINES, run_episodes
-    from rllib_rec.config import load_config
-    from rllib_rec.tables import policy_table
-
     cfg = load_config(args.config, args.overrides)
     if args.episodes < 2:
         raise UsageError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
@@ -106,10 +107,6 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def _cmd_show_config(args: argparse.Namespace) -> None:
-    import yaml
-
-    from rllib_rec.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
@@ -127,7 +124,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from rllib_rec.tables import policy_table
     from rllib_rec.training.evaluate import evaluate_checkpoint
 
     if args.episodes is not None and args.episodes < 2:

@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from rllib_rec.offpolicy.policies import baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
 from rllib_rec.stats import bootstrap_ci, mean_ci, multiplicity_bootstrap_ci
+from rllib_rec.tables import format_table
 
 if TYPE_CHECKING:
     from envs import ECommerceEnv
@@ -406,7 +408,6 @@ def target_distribution(
     """[n, N] target distribution on every logged row: ``random`` (uniform over the row's candidates), an
     observation-only baseline (``env`` supplies the catalog), or ``module``'s greedy action; epsilon-greedy
     with ``epsilon`` (0 = deterministic, i.e. one-hot)."""
-    from rllib_rec.offpolicy.policies import baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
 
     mask = arrays.obs["action_mask"]
     if module is None and policy == "random":
@@ -459,7 +460,6 @@ def mean_with_ci(name: str, values: np.ndarray, n_bootstrap: int = 1000, seed: i
 
 def estimates_table(estimates: Sequence[Estimate]) -> str:
     """``estimator  estimate  95% CI  ESS`` as a plain-text table."""
-    from rllib_rec.tables import format_table
 
     rows = []
     for e in estimates:

@@ -10,6 +10,7 @@ import numpy as np
 from envs import ECommerceEnv, EnvConfig
 from envs.baselines import BASELINES, EpisodeStats, run_episodes
 from envs.response import CLICK, PURCHASE
+from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
 
 __all__ = ["evaluate_module", "evaluation_table", "evaluate_checkpoint", "GREEDY_NAME"]
 
@@ -78,7 +79,6 @@ def evaluation_table(
 def evaluate_checkpoint(
     checkpoint: str | Path, n_episodes: int | None = None, seed: int | None = None
 ) -> dict[str, dict[str, float]]:
-    from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt)

@@ -4,13 +4,10 @@ trial's resolved config to the experiment it ran."""
 
 from __future__ import annotations
 
-import copy
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from rllib_rec.agent.algo import build_algo_config
-from rllib_rec.agent.runtime import set_torch_threads
 from rllib_rec.config.experiment import ExperimentConfig, config_from_dict
 from rllib_rec.config.schema import ConfigError, merge_dicts
 from rllib_rec.config.sweep import SWEEPABLE, Distribution, SweepConfig, nested
@@ -28,25 +25,11 @@ def to_tune(dist: Distribution) -> Any:
     return {"loguniform": tune.loguniform, "uniform": tune.uniform}[dist.kind](*v)
 
 
-def _set_torch_threads(algorithm: Any = None, **_: Any) -> None:
-    """RLlib ``on_algorithm_init`` hook: one torch thread per trial process (DESIGN: 10x faster on 2 cores)."""
-    set_torch_threads(int(os.environ.get("RLLIB_REC_TORCH_THREADS", "1")))
-
 def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
-    """``(trainable, param_space)``: :class:`~rllib_rec.tuning.trainable.TunedDQN` (RLlib's DQN) and the DQNConfig from ``build_algo_config`` as a dict, with Tune
-    distributions at the mapped fields.
-
-    The module spec's ``model_config`` is moved to the algorithm-level ``model_config``: RLlib merges
-    the two (spec wins) into the same dict, but Tune only resolves search spaces inside plain dicts, not
-    inside the ``RLModuleSpec`` object."""
+    """``(trainable, param_space)``: :class:`~rllib_rec.tuning.trainable.TunedDQN` (RLlib's DQN) and the
+    trial DQNConfig from ``build_algo_config`` as a dict, with Tune distributions at the mapped fields."""
     exp, sw = scfg.experiment, scfg.sweep
-    cfg = build_algo_config(exp)
-    module_spec = copy.copy(cfg._rl_module_spec)
-    model_config = dict(module_spec.model_config or {})
-    module_spec.model_config = None
-    cfg.rl_module(rl_module_spec=module_spec, model_config=model_config)
-    cfg.resources(num_cpus_for_main_process=sw.cpus_per_trial)
-    cfg.callbacks(on_algorithm_init=_set_torch_threads)
+    cfg = build_algo_config(exp, trial_cpus=sw.cpus_per_trial)
     space = cfg.to_dict()
     from rllib_rec.tuning.trainable import TunedDQN
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from rllib_rec.agent.algo import TRIAL_TORCH_THREADS_ENV
 from rllib_rec.agent.runtime import init_ray, use_torch_keras_backend
 from rllib_rec.config.sweep import SweepConfig, load_sweep_config
 from rllib_rec.errors import CheckpointError
@@ -156,7 +157,7 @@ def run_sweep(
     uri = resolve_tracking_uri(exp.run.output_dir, tracking_uri) if track else None
     experiment_id = connect(uri, exp.run.experiment, exp.run.output_dir) if uri else None  # fail before Ray
 
-    os.environ["RLLIB_REC_TORCH_THREADS"] = str(exp.run.torch_threads)
+    os.environ[TRIAL_TORCH_THREADS_ENV] = str(exp.run.torch_threads)
     init_ray()
     grid = _tuner(scfg, resume, uri, experiment_id, log).fit()
     trials = _saved_trials(scfg, grid)
