@@ -4,8 +4,9 @@
 
 ``--items N`` adds a row for a shop of N items (the ``xl`` preset with ``catalog.n_items = N`` and N / 1,000
 categories, K = 100). Each row also gives the catalog's build time (a process-wide cached build: the vector
-env's eight copies share it). Actions are drawn uniformly among each step's valid candidate slots (a couple of
-numpy calls, as in any rollout loop; its cost is included). Run it pinned to one core for the single-core
+env's eight copies share it). Actions are drawn uniformly among each step's valid candidate slots (a flatnonzero
+and a pre-drawn uniform, as in any rollout loop; its cost is included). Episodes end by churn or truncation and
+the env is reset without a seed, as RLlib's env runners do. Run it pinned to one core for the single-core
 figure: ``taskset -c 0 python bench/env_throughput.py``.
 """
 
@@ -34,9 +35,9 @@ def single_env(config: dict[str, Any], seconds: float) -> float:
     obs, _ = env.reset(seed=0)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for _ in range(200):
+        for u in rng.random(200).tolist():  # the policy's randomness, drawn in bulk
             slots = np.flatnonzero(obs["candidate_mask"])
-            obs, _, term, trunc, _ = env.step(int(slots[rng.integers(len(slots))]))
+            obs, _, term, trunc, _ = env.step(int(slots[int(u * len(slots))]))
             if term or trunc:
                 obs, _ = env.reset()
         steps += 200

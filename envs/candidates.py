@@ -18,8 +18,8 @@ Duplicates collapse (first occurrence kept), so a step may offer fewer than K di
 
 Cost: O(K + history length) per step, never O(N): popularity draws use a head table and the rank law
 (:meth:`Catalog.sample_popular`), related lists are looked up once per history item, and a step's popular and
-uniform draws are made in batches for the next few steps (a batch grows 16, 32, 64 steps within a session and is
-dropped at reset, so a seeded session is reproducible on its own). All randomness comes from the generator the env
+uniform draws are made in batches for the next few steps (a batch grows 16, 32, 64 steps and is dropped at a
+seeded reset, so a seeded session is reproducible on its own). All randomness comes from the generator the env
 passes in.
 """
 
@@ -47,7 +47,7 @@ class RetrievalMix:
         if not 1 <= f <= k < catalog.n_items:
             raise ValueError(f"need 1 <= n_featured ({f}) <= n_candidates ({k}) < n_items ({catalog.n_items})")
         self.n_slots = k
-        self.featured = catalog.by_popularity[:f].astype(np.int64)  # [F]
+        self.featured = catalog.by_popularity[:f].copy()  # [F] int32
         rest = k - f
         self.n_popular = min(int(rest * config.candidates_popular + 0.5), rest)
         self.n_related = min(int(rest * config.candidates_related + 0.5), rest - self.n_popular)
@@ -58,17 +58,23 @@ class RetrievalMix:
         self._shelves = catalog.category_draws(RELATED_PER_ITEM) if self.n_related else None  # [C, R], shared
         self._covisit_ext, self._covisit_starts = catalog.covisit_table(COVISIT_WINDOW) if self.n_related else ((), [])
         self._offsets = catalog._offsets_list
-        self._table = np.zeros((self.n_anchors, RELATED_PER_ITEM + COVISIT_WINDOW), dtype=np.int64)  # [L, R + W]
+        self._table = np.zeros((self.n_anchors, RELATED_PER_ITEM + COVISIT_WINDOW), dtype=np.int32)  # [L, R + W]
         self._table_flat = self._table.ravel()  # view
+        lo = len(self.featured) + self.n_popular
+        self._related_cols = (lo, lo + self.n_related)  # the related slots' columns of a candidate row
+        self._first = np.ones(k, dtype=bool)  # dedup scratch: is each sorted entry the first of its value
         self.reset()
 
-    def reset(self) -> None:
-        """A new session: no history items, no batched draws."""
+    def reset(self, reseeded: bool = True) -> None:
+        """A new session: no history items. The batched draws (i.i.d., nothing to do with the session) are
+        dropped when the env's generator was reseeded, so a seeded session is reproducible on its own; after an
+        unseeded reset they carry on, as the generator's stream does."""
         self._n_rows = 0  # rows of the ring filled by distinct history items
         self._next_row = 0
         self._pending: list[int] = []  # engaged items whose related lists are not in the ring yet
-        self._batch_i = self._batch_n = 0
-        self._batch_k = 0  # index into _BATCH_STEPS
+        if reseeded:
+            self._batch_i = self._batch_n = 0
+            self._batch_k = 0  # index into _BATCH_STEPS
 
     def observe(self, item: int, event: int) -> None:
         """A history event: engaged ones (not ignored) become anchors of the related share."""
@@ -76,45 +82,52 @@ class RetrievalMix:
             self._pending.append(item)
 
     # -- per step ----------------------------------------------------------------------------------------------
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """This step's distinct candidate item ids ([M <= K], the featured items first)."""
+    def draw(self, rng: np.random.Generator, out: np.ndarray) -> int:
+        """Write this step's distinct candidate item ids into ``out[:M]`` (the featured items first) and zeros into
+        the rest of ``out`` ([K]); return M <= K."""
         if self._batch_i == self._batch_n:
             self._refill(rng)
         i = self._batch_i
         self._batch_i += 1
-        if self._pending and self.n_related:
-            self._add_anchors()
-        if self._n_rows or not self.n_related:
-            related = self._table_flat[self._related_idx[i]]
-        else:  # cold start: nothing engaged yet, so what sells (rare: drawn on the spot)
-            related = self.catalog.sample_popular(self.n_related, rng)
-        cands = np.concatenate([self.featured, self._pop[i], related, self._uni[i]])
+        row = self._rows[i]  # [K]: featured | popular | related (filled now) | uniform
+        if self.n_related:
+            if self._pending:
+                self._add_anchors()
+            lo, hi = self._related_cols
+            if self._n_rows:
+                self._table_flat.take(self._related_idx[i], out=row[lo:hi], mode="wrap")  # indices are in range
+            else:  # cold start: nothing engaged yet, so what sells (rare: drawn on the spot)
+                row[lo:hi] = self.catalog.sample_popular(hi - lo, rng)
         # Duplicates collapse, first occurrence kept (the distinct featured items stay in the first F slots).
-        order = cands.argsort(kind="stable")
-        s = cands[order]
-        first = np.empty(len(s), dtype=bool)
-        first[0] = True
+        order = row.argsort(kind="stable")
+        s = row[order]
+        first = self._first  # [K] bool, first[0] is always True
         np.not_equal(s[1:], s[:-1], out=first[1:])
         keep = order[first]
         keep.sort()
-        return cands[keep]
+        m = len(keep)
+        row.take(keep, out=out[:m], mode="wrap")  # indices are in range
+        out[m:] = 0
+        return m
 
     def _refill(self, rng: np.random.Generator) -> None:
         """The draws of the next few steps: popular and uniform items, and which ring entries the related slots
         take (same-category slots: one of the L x R shelf entries, co-visited ones: one of the L x W)."""
         cat, steps = self.catalog, _BATCH_STEPS[self._batch_k]
         self._batch_k = min(self._batch_k + 1, len(_BATCH_STEPS) - 1)
-        n_pop, n_rel, n_uni, m = self.n_popular, self.n_related, self.n_uniform, self.n_same_category
+        f, n_pop, n_rel, n_uni, m = len(self.featured), self.n_popular, self.n_related, self.n_uniform, self.n_same_category
         L, R, W = self.n_anchors, RELATED_PER_ITEM, COVISIT_WINDOW
-        self._pop = cat.sample_popular(steps * n_pop, rng).reshape(steps, n_pop)
+        rows = np.empty((steps, self.n_slots), dtype=np.int32)
+        rows[:, :f] = self.featured
+        rows[:, f : f + n_pop] = cat.sample_popular(steps * n_pop, rng).reshape(steps, n_pop)
         u = rng.random((steps, n_rel + n_uni))
+        rows[:, f + n_pop + n_rel :] = u[:, n_rel:] * cat.n_items  # floor(u N) < N for u < 1 (cast on assignment)
         same = (u[:, :m] * (L * R)).astype(np.intp)  # entry q of the L x R shelves: row q // R, column q % R
         covisit = (u[:, m:n_rel] * (L * W)).astype(np.intp)
         idx = np.empty((steps, n_rel), dtype=np.intp)
         idx[:, :m] = same + same // R * W  # flat index into the [L, R + W] ring
         idx[:, m:] = covisit + (covisit // W + 1) * R
-        self._related_idx = idx
-        self._uni = (u[:, n_rel:] * cat.n_items).astype(np.int64)  # floor(u N) < N for u < 1
+        self._rows, self._related_idx = rows, idx
         self._batch_i, self._batch_n = 0, steps
 
     def _add_anchors(self) -> None:

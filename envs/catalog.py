@@ -211,8 +211,10 @@ class Catalog:
             lx = ln_h + v * ln_ratio if a == 0.0 else ln_h + np.log1p(v * c) / a
             r = np.ceil(np.exp(lx))
             lg = np.log1p(-1.0 / np.maximum(r, 2.0))  # log((r - 1) / r)
-            mass = -lg if a == 0.0 else r**a * -np.expm1(a * lg) / a  # W(r)
-            ok = (r > h) & (r <= n) & (w * mass < r**-e)
+            if a == 0.0:  # e = 1 (the default): W(r) = log(r / (r - 1)), accept if w W(r) < 1 / r
+                ok = (r > h) & (r <= n) & (w * r * lg > -1.0)
+            else:
+                ok = (r > h) & (r <= n) & (w * (r**a * -np.expm1(a * lg) / a) < r**-e)
             got = r[ok].astype(np.int64) - 1
             out[filled : filled + len(got)] = got
             filled += len(got)

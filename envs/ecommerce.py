@@ -124,6 +124,9 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
             self._featured = self.retrieval.featured  # [F], the first slots of every step
             self._featured_stock = np.ones(len(self._featured), dtype=np.int8)  # [F] their stock this session
             self._salt = np.uint64(0)  # per-session stock salt (item_dropout > 0)
+            self._mask_buf = self._mask
+            self._prefix_masks = np.tri(k + 1, k, -1, dtype=np.int8)  # row m: the first m slots valid
+            self._prefix_masks.setflags(write=False)
 
     # -- gymnasium API ---------------------------------------------------------------------------------------
     def reset(
@@ -136,7 +139,7 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         self.t = 0
         self._history.fill(0)
         if not self.full_catalog:
-            self.retrieval.reset()
+            self.retrieval.reset(reseeded=seed is not None)
         lo, hi = self.config.users.initial_history
         self._push_organic(self.response.sample_organic_many(self.user, rng, int(rng.integers(lo, hi + 1))))
         self._draw_stock(rng)
@@ -254,14 +257,16 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
     def _draw_candidates(self) -> None:
         if self.full_catalog:
             return  # every item in stock, all session: the mask set by _draw_stock holds
-        cands = self.retrieval.draw(self.np_random)  # [M <= K] distinct, the F featured items first
-        f, m = len(self._featured), len(cands)
-        self._cands[:m] = cands
-        self._cands[m:] = 0
-        self._mask[:f] = self._featured_stock
+        m = self.retrieval.draw(self.np_random, self._cands)  # M <= K distinct, the F featured items first
+        f, cands = len(self._featured), self._cands
         p = self.config.item_dropout
-        self._mask[f:m] = 1 if p == 0 else self._stock_uniform(cands[f:]) >= p
-        self._mask[m:] = 0
+        if p == 0:  # every candidate in stock: the first m slots (a row of a constant table)
+            self._mask = self._prefix_masks[m]
+        else:
+            mask = self._mask = self._mask_buf
+            mask[:f] = self._featured_stock
+            mask[f:m] = self._stock_uniform(cands[f:m]) >= p
+            mask[m:] = 0
 
     def _obs(self) -> dict[str, np.ndarray]:
         items, events = self._history.copy()

@@ -148,7 +148,7 @@ class FunnelResponse:
         cfg, cat = self.config, self.catalog
         item = int(item)
         pv, pc, pb = self.probabilities_of(user, item, t)
-        u_notice, u_click, u_buy = rng.random(3)
+        u_notice, u_click, u_buy = rng.random(3).tolist()
         c = int(cat.category[item])
         if cfg.fatigue:
             user.fatigue[c] += cfg.fatigue_rate
@@ -191,7 +191,7 @@ class FunnelResponse:
             user.fatigue *= cfg.fatigue_decay
         browsed: list[int] = []
         shifted = False
-        u_shift, u_organic = rng.random(2)
+        u_shift, u_organic = rng.random(2).tolist()
         n_cat = self.catalog.n_categories
         if cfg.interest_shift and n_cat > 1 and u_shift < cfg.shift_prob:
             current = int(np.argmax(user.interest))
