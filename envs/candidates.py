@@ -35,7 +35,7 @@ __all__ = ["RetrievalMix", "COVISIT_WINDOW", "RELATED_PER_ITEM"]
 
 COVISIT_WINDOW = 16  # co-visited items per history item
 RELATED_PER_ITEM = 64  # same-category items per history item: its category's shelf (Catalog.category_draws)
-_BATCH_STEPS = (16, 32, 64)  # steps of popularity/uniform draws made at once, growing within a session
+_BATCH_STEPS = (16, 32, 64)  # steps of draws made at once, growing until the next seeded reset
 
 
 class RetrievalMix:
@@ -56,8 +56,7 @@ class RetrievalMix:
         self.n_anchors = config.candidates_history
         # Ring of the current history items' related lists: row = [category shelf (R) | co-visited (W)].
         self._shelves = catalog.category_draws(RELATED_PER_ITEM) if self.n_related else None  # [C, R], shared
-        self._covisit_ext, self._covisit_starts = catalog.covisit_table(COVISIT_WINDOW) if self.n_related else ((), [])
-        self._offsets = catalog._offsets_list
+        self._covisit_ext, self._covisit_shift = catalog.covisit_table(COVISIT_WINDOW) if self.n_related else ((), [])
         self._table = np.zeros((self.n_anchors, RELATED_PER_ITEM + COVISIT_WINDOW), dtype=np.int32)  # [L, R + W]
         self._table_flat = self._table.ravel()  # view
         lo = len(self.featured) + self.n_popular
@@ -133,15 +132,15 @@ class RetrievalMix:
     def _add_anchors(self) -> None:
         """Related lists for the history items that entered since the last step (the last L of them). While fewer
         than L distinct history items have entered, the filled rows repeat to fill the ring."""
-        cat, L, R, offsets = self.catalog, self.n_anchors, RELATED_PER_ITEM, self._offsets
+        cat, L, R = self.catalog, self.n_anchors, RELATED_PER_ITEM
         pending = self._pending[-L:]
         self._pending.clear()
         row, table = self._next_row, self._table
-        category, position, ext, starts = cat.category, cat.category_position, self._covisit_ext, self._covisit_starts
+        category, position, ext, shift = cat.category, cat.category_position, self._covisit_ext, self._covisit_shift
         for item in pending:  # at most L, usually one: a few scalar look-ups and two row copies each
             c = int(category[item])
             table[row, :R] = self._shelves[c]
-            start = starts[c] + int(position[item]) - offsets[c] + 1
+            start = shift[c] + int(position[item]) + 1  # = Catalog.covisited(item, W), inlined
             table[row, R:] = ext[start : start + COVISIT_WINDOW]
             row = (row + 1) % L
         self._next_row = row

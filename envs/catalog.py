@@ -5,11 +5,13 @@ so an agent can learn item properties — e.g. which items are clickbait — fro
 side features a shop knows for it (category, ``price_band``, ``popularity_band``), so that a model that embeds
 them has something to say about an item it never saw in training.
 
-Everything is built with whole-array numpy operations (1,000,000 items in well under a second on one core),
-and the per-step helpers (:meth:`Catalog.sample_in_category`, :meth:`Catalog.sample_popular`,
-:meth:`Catalog.sample_in_categories`, :meth:`Catalog.neighbours`) cost O(draws x log N), never O(N).
-:meth:`Catalog.shared` hands out one read-only catalog per process for equal configs, so eight vectorised
-envs of a 1M-item shop hold one catalog, not eight.
+Everything is built with whole-array numpy operations (1,000,000 items in about a second on one core, no
+per-category Python loops), and the per-step helpers (:meth:`Catalog.sample_in_category`,
+:meth:`Catalog.sample_popular`, :meth:`Catalog.covisited`, :meth:`Catalog.neighbours`) cost O(draws x log N) at
+most, never O(N); the per-category tables the candidate generator uses (:meth:`Catalog.category_draws`,
+:meth:`Catalog.covisit_table`) are built once. :meth:`Catalog.shared` hands out one read-only catalog per process
+for equal configs, so eight vectorised envs of a 1M-item shop hold one catalog, not eight. Memory: about 66 bytes
+per item (66 MB at 1M items).
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ class Catalog:
     ``is_clickbait``, ``appeal``, ``price_band`` (``0..n_price_bands-1``), ``popularity_band``
     (``0..n_popularity_bands-1``), ``popularity_rank`` (0 = most popular), ``by_popularity`` (item ids, most
     popular first); ``items_by_category[k]`` is category k's item ids in ascending order (a view into
-    ``category_items``, whose segment k is ``category_offsets[k]:category_offsets[k + 1]``).
+    ``category_items``, whose segment k is ``category_offsets[k]:category_offsets[k + 1]``;
+    ``category_position[i]`` is item i's index in ``category_items``).
     """
 
     _cache: ClassVar[OrderedDict[tuple, Catalog]] = OrderedDict()
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
-    CACHE_SIZE: ClassVar[int] = 4
+    CACHE_SIZE: ClassVar[int] = 8
 
     def __init__(self, config: CatalogConfig) -> None:
         # The draws (and their order) are the ones the catalog always made, so a seed's shop stays the same shop.
@@ -130,9 +133,6 @@ class Catalog:
         totals = table[np.arange(c), counts - 1]  # [C]
         self._cat_cdf = table[row, col] / totals[row]  # [N] in (0, 1], 1.0 at each segment's end
         del table, row, col, order
-        # The same CDFs shifted by the category index (segment k in (k, k + 1]): one global searchsorted then
-        # draws from many categories at once (rounding at 1e5 categories is ~1e-11, far below any item's share).
-        self._cat_cdf_shifted = self._cat_cdf + self.category[self.category_items]
         # Popularity draws: the CDF over the head ranks (most popular first; small, so it stays in cache) and, for
         # the tail, the rank law itself (popularity of rank r is r^-exponent / Z, sampled without a table).
         self.popularity_exponent = float(config.popularity_exponent)
@@ -168,15 +168,13 @@ class Catalog:
     # -- draws (per step: O(draws x log N)) -------------------------------------------------------------------
     def sample_in_category(self, category: int, rng: np.random.Generator) -> int:
         """An item of ``category`` drawn in proportion to popularity."""
-        lo, hi = self._offsets_list[category], self._offsets_list[category + 1]
-        idx = int(np.searchsorted(self._cat_cdf[lo:hi], rng.random(), side="right"))
-        return int(self.category_items[lo + min(idx, hi - lo - 1)])
+        return self.item_in_category(category, rng.random())
 
-    def sample_in_categories(self, categories: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """One item per entry of ``categories``, drawn by popularity within it from uniforms ``u`` (same shape)."""
-        # u is scaled just below 1 so that category + u stays below category + 1 after rounding (the last item
-        # of a category gives up 1e-9 of its share).
-        return self.category_items[np.searchsorted(self._cat_cdf_shifted, categories + u * _BELOW_ONE, side="right")]
+    def item_in_category(self, category: int, u: float) -> int:
+        """The item of ``category`` at quantile ``u`` in [0, 1) of its popularity distribution."""
+        lo, hi = self._offsets_list[category], self._offsets_list[category + 1]
+        idx = int(np.searchsorted(self._cat_cdf[lo:hi], u, side="right"))
+        return int(self.category_items[lo + min(idx, hi - lo - 1)])
 
     def sample_popular(self, k: int, rng: np.random.Generator) -> np.ndarray:
         """``k`` items drawn (with replacement) in proportion to popularity.
@@ -227,16 +225,24 @@ class Catalog:
         table = self._category_draws.get(per_category)
         if table is None:
             rng = np.random.default_rng([self._seed, 3])
-            u = np.sort(rng.random((self.n_categories, per_category)), axis=1)
-            table = self.sample_in_categories(np.arange(self.n_categories)[:, None], u).astype(np.int32)
+            u = rng.random((self.n_categories, per_category))
+            # The per-category CDFs shifted by the category index (segment k in (k, k + 1]): one searchsorted
+            # draws in every category at once. u is scaled just below 1 so that k + u stays below k + 1 after
+            # rounding (the last item of a category gives up 1e-9 of its share; rounding at 1e5 categories is
+            # ~1e-11, far below any item's share).
+            shifted = self._cat_cdf + self.category[self.category_items]  # [N], only while building
+            keys = np.arange(self.n_categories)[:, None] + u * _BELOW_ONE
+            table = self.category_items[np.searchsorted(shifted, keys, side="right")]
             table.setflags(write=False)
             self._category_draws[per_category] = table
         return table
 
     def covisit_table(self, window: int) -> tuple[np.ndarray, list[int]]:
-        """``(ext, starts)``: ``category_items`` with each category's segment followed by its first ``window``
-        items again (cyclically), and each category's start in it; so the ``window`` items after an item in its
-        category's order (wrapping around) are one slice, see :meth:`covisited`. Built once per window size."""
+        """``(ext, shift)``: ``category_items`` with each category's segment followed by its first ``window``
+        items again (cyclically), and per category the shift from an item's ``category_position`` to its place in
+        ``ext``; so the ``window`` items after ``item`` in its category's order (wrapping around) are
+        ``ext[s + 1 : s + 1 + window]`` with ``s = shift[category[item]] + category_position[item]`` (see
+        :meth:`covisited`). Built once per window size (N + C x window ids)."""
         table = self._covisit_tables.get(window)
         if table is None:
             c, n, sizes = self.n_categories, self.n_items, self.category_sizes
@@ -246,15 +252,14 @@ class Catalog:
             j = np.arange(window)
             ext[(starts + sizes)[:, None] + j] = self.category_items[self.category_offsets[:-1, None] + j % sizes[:, None]]
             ext.setflags(write=False)
-            table = self._covisit_tables[window] = (ext, starts.tolist())
+            table = self._covisit_tables[window] = (ext, (starts - self.category_offsets[:-1]).tolist())
         return table
 
     def covisited(self, item: int, window: int) -> np.ndarray:
         """The ``window`` items after ``item`` in its category's fixed order (ascending ids, wrapping around):
         ``neighbours(item, 1..window)`` as one slice of :meth:`covisit_table`."""
-        ext, starts = self.covisit_table(window)
-        c = int(self.category[item])
-        start = starts[c] + int(self.category_position[item]) - self._offsets_list[c] + 1
+        ext, shift = self.covisit_table(window)
+        start = shift[int(self.category[item])] + int(self.category_position[item]) + 1
         return ext[start : start + window]
 
     def neighbours(self, items: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -18,12 +18,13 @@ Observation (a ``Dict``, static shapes; H = ``history_length``, N = ``n_items``)
 Everything else about the user is hidden. ``info["item"]`` is the recommended item id; :meth:`ECommerceEnv.item_of`
 maps a slot to its item before the step, :attr:`ECommerceEnv.candidate_items` lists the valid items.
 
-Candidates (K < N) are what a retrieval stage would return: the ``n_featured`` best-sellers in the first slots
-of every step, then the other slots in shares ``candidates_popular`` (drawn by popularity),
-``candidates_related`` (around the session's last ``candidates_history`` engaged events, i.e. not ignored: half
-items of the same category drawn by popularity, half "co-visited" items, among the next few after the history item
-in a fixed per-category ordering of the catalog; popular draws for a cold-start history) and ``candidates_uniform`` (uniform over the catalog, for exploration). Duplicates collapse
-(first occurrence kept), so a step may offer fewer than K; the leftover slots are padding (mask 0).
+Candidates (K < N) are what a retrieval stage would return (:mod:`envs.candidates`): the ``n_featured``
+best-sellers in the first slots of every step, then the other slots in shares ``candidates_popular`` (drawn by
+popularity), ``candidates_related`` (around the session's last ``candidates_history`` engaged events, i.e. not
+ignored: half items of the same category drawn by popularity, half "co-visited" items, the next few after the
+history item in a fixed per-category ordering of the catalog; popular draws for a cold-start history) and
+``candidates_uniform`` (uniform over the catalog, for exploration). Duplicates collapse (first occurrence kept),
+so a step may offer fewer than K; the leftover slots are padding (mask 0).
 
 With ``item_dropout`` p > 0 each item is out of stock for a whole session with probability p. For K < N it is
 decided lazily per candidate by a hash of (a per-session salt, item id), so nothing is drawn per item at reset;
@@ -216,10 +217,9 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
             self.retrieval.observe(item, event)
 
     def _push_organic(self, items: list[int]) -> None:
-        """Append organic browses to an empty history (the initial history of a session)."""
+        """Organic browses into an empty history (a session's initial history): the last H of them, at the end."""
         k = min(len(items), self.history_length)
         if k:
-            self._history[:, :-k] = self._history[:, k:]
             self._history[0, -k:] = np.asarray(items[-k:]) + 1
             self._history[1, -k:] = ORGANIC
         if not self.full_catalog:

@@ -221,13 +221,7 @@ class FunnelResponse:
         cdf = np.cumsum(user.interest)
         u = rng.random(2 * n)  # the stream of n x (category draw, item draw)
         cats = np.minimum(np.searchsorted(cdf, u[0::2] * cdf[-1], side="right"), cat.n_categories - 1)
-        offsets, cat_cdf, items = cat._offsets_list, cat._cat_cdf, cat.category_items
-        out = []
-        for c, v in zip(cats.tolist(), u[1::2].tolist(), strict=True):
-            lo, hi = offsets[c], offsets[c + 1]
-            idx = int(np.searchsorted(cat_cdf[lo:hi], v, side="right"))
-            out.append(int(items[lo + min(idx, hi - lo - 1)]))
-        return out
+        return [cat.item_in_category(c, v) for c, v in zip(cats.tolist(), u[1::2].tolist(), strict=True)]
 
 
 class NotebookResponse(FunnelResponse):
