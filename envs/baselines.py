@@ -1,7 +1,9 @@
 """Baseline policies and a seeded evaluation loop.
 
-Non-oracle baselines see only what the agent sees (the observation) plus public shop metadata (item
-categories and popularity). The oracles read the hidden user state:
+A policy maps ``(obs, env, rng)`` to an action: a candidate slot index into ``obs["candidates"]`` among the
+slots with ``obs["candidate_mask"] == 1``. Policies look only at the K candidates (and the history), never at
+the whole catalog. Non-oracle baselines see only what the agent sees (the observation) plus public shop
+metadata (item categories and popularity). The oracles read the hidden user state over the candidates:
 
 - ``myopic``: maximises expected *immediate* reward — the best a next-click optimiser can do.
 - ``planning``: one-step lookahead over the hidden state with a linear value of patience: score =
@@ -40,9 +42,22 @@ _EVIDENCE = np.zeros(6)
 _EVIDENCE[[ORGANIC, IGNORED, VIEW, CLICK, PURCHASE]] = [1.0, -0.5, 0.5, 2.0, 3.0]
 
 
+def _valid(obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(valid slot indices, their item ids) of this step, in slot order."""
+    slots = np.flatnonzero(obs["candidate_mask"])
+    return slots, obs["candidates"][slots]
+
+
+def _fresh(obs: dict[str, np.ndarray], slots: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The valid slots whose item is not among the last 3 history events (all of them if none is fresh)."""
+    recent = _recent(obs, 3)
+    fresh = ~(items[:, None] == recent[None, :]).any(axis=1)
+    return (slots[fresh], items[fresh]) if fresh.any() else (slots, items)
+
+
 def random_policy(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random.Generator) -> int:
-    cands = np.flatnonzero(obs["action_mask"])
-    return int(cands[rng.integers(len(cands))])
+    slots = np.flatnonzero(obs["candidate_mask"])
+    return int(slots[rng.integers(len(slots))])
 
 
 def _recent(obs: dict[str, np.ndarray], k: int) -> np.ndarray:
@@ -52,12 +67,8 @@ def _recent(obs: dict[str, np.ndarray], k: int) -> np.ndarray:
 
 def popularity_policy(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random.Generator) -> int:
     """The most popular candidate not recommended in the last few events."""
-    mask = obs["action_mask"].astype(bool)
-    mask[_recent(obs, 3)] = False
-    if not mask.any():
-        mask = obs["action_mask"].astype(bool)
-    order = env.catalog.by_popularity
-    return int(order[np.argmax(mask[order])])
+    slots, items = _fresh(obs, *_valid(obs))
+    return int(slots[np.argmin(env.catalog.popularity_rank[items])])
 
 
 def history_policy(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random.Generator) -> int:
@@ -66,24 +77,19 @@ def history_policy(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random
     cat = env.catalog.category
     items, events = obs["items"], obs["events"]
     seen = items > 0
-    score = np.zeros(env.catalog.n_categories)
+    score = np.zeros(env.catalog.n_categories)  # [C]: categories, not the catalog
     # Later events weigh more: interests drift and shift.
     recency = np.linspace(0.5, 1.0, len(items))[seen]
     np.add.at(score, cat[items[seen] - 1], _EVIDENCE[events[seen]] * recency)
-    mask = obs["action_mask"].astype(bool)
-    fresh = mask.copy()
-    fresh[_recent(obs, 3)] = False
-    if not fresh.any():
-        fresh = mask
-    cands = np.flatnonzero(fresh)
+    slots, cands = _fresh(obs, *_valid(obs))
     cand_score = score[cat[cands]] + 1e-3 * env.catalog.popularity[cands]  # popularity breaks ties
-    return int(cands[np.argmax(cand_score)])
+    return int(slots[np.argmax(cand_score)])
 
 
 def myopic_oracle(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random.Generator) -> int:
-    """Argmax of expected immediate reward, computed from the hidden user state."""
-    cands = np.flatnonzero(obs["action_mask"])
-    return int(cands[np.argmax(env.response.expected_reward(env.user, cands, env.t))])
+    """Argmax of expected immediate reward over the valid candidates, computed from the hidden user state."""
+    slots, items = _valid(obs)
+    return int(slots[np.argmax(env.response.expected_reward(env.user, items, env.t))])
 
 
 def make_planning_oracle(patience_value: float = 0.3, trust_value: float = 3.0, horizon: int = 10) -> Policy:
@@ -91,17 +97,17 @@ def make_planning_oracle(patience_value: float = 0.3, trust_value: float = 3.0, 
     at ``trust_value``, both fading to 0 over the last ``horizon`` steps of the episode."""
 
     def planning_oracle(obs: dict[str, np.ndarray], env: ECommerceEnv, rng: np.random.Generator) -> int:
-        cands = np.flatnonzero(obs["action_mask"])
+        slots, items = _valid(obs)
         steps_left = env.config.max_steps - env.t
         fade = min(1.0, (steps_left - 1) / horizon)
         resp, user, t = env.response, env.user, env.t
-        score = resp.expected_reward(user, cands, t)
+        score = resp.expected_reward(user, items, t)
         if fade > 0:
             score = score + fade * (
-                patience_value * resp.expected_patience_change(user, cands, t)
-                + trust_value * resp.expected_trust_change(user, cands, t)
+                patience_value * resp.expected_patience_change(user, items, t)
+                + trust_value * resp.expected_trust_change(user, items, t)
             )
-        return int(cands[np.argmax(score)])
+        return int(slots[np.argmax(score)])
 
     return planning_oracle
 
@@ -164,7 +170,7 @@ def run_episodes(
         info: dict = {}
         while not done:
             action = policy(obs, env, rng)
-            clickbait += env.catalog.is_clickbait[action]
+            clickbait += env.catalog.is_clickbait[env.item_of(action)]
             obs, r, term, trunc, info = env.step(action)
             ret += r
             length += 1

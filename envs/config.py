@@ -47,8 +47,8 @@ def spec(default: Any, doc: str, **bounds: Any) -> Any:
 
 @dataclass
 class CatalogConfig:
-    n_items: int = spec(30, "number of products (actions)", min=2, max=10_000)
-    n_categories: int = spec(6, "product categories; users' interests are over categories", min=1, max=1_000)
+    n_items: int = spec(30, "number of products (the env offers K candidates of them per step)", min=2, max=10_000_000)
+    n_categories: int = spec(6, "product categories; users' interests are over categories", min=1, max=100_000)
     popularity_exponent: float = spec(1.0, "Zipf exponent of item popularity (0 = uniform)", min=0.0, max=5.0)
     clickbait_fraction: float = spec(0.25, "share of items that are clickbait (appealing, low quality)", min=0.0, max=1.0)
     clickbait_appeal: float = spec(1.6, "click-appeal multiplier of clickbait items", min=0.0, max=10.0)
@@ -123,24 +123,59 @@ class RewardConfig:
 
 @dataclass
 class EnvConfig:
-    preset: Literal["seed", "default", "large", "custom"] = spec("default", "preset the other fields start from")
+    preset: Literal["seed", "default", "large", "xl", "custom"] = spec("default", "preset the other fields start from")
     history_length: int = spec(20, "events in the observation (left-padded)", min=1, max=512)
     max_steps: int = spec(50, "episode length cap (truncation)", min=1, max=100_000)
-    n_candidates: int = spec(0, "candidates offered per step (0 = every item)", min=0)
-    n_featured: int = spec(10, "with n_candidates: most popular items offered at every step", min=1)
+    n_candidates: int = spec(
+        0, "K: candidate slots per step, the action is a slot index (0 = K = n_items: every item, slot = item id)", min=0
+    )
+    n_featured: int = spec(10, "with n_candidates: most popular items, in the first slots of every step", min=1)
+    candidates_popular: float = spec(
+        0.4, "with n_candidates: share of the non-featured slots drawn by popularity", min=0.0, max=1.0
+    )
+    candidates_related: float = spec(
+        0.4,
+        "with n_candidates: share of the non-featured slots related to the recent history (same-category items "
+        "by popularity and co-visited neighbours; popular draws for a cold-start history)",
+        min=0.0,
+        max=1.0,
+    )
+    candidates_uniform: float = spec(
+        0.2, "with n_candidates: share of the non-featured slots drawn uniformly over the catalog", min=0.0, max=1.0
+    )
+    candidates_history: int = spec(
+        5, "with n_candidates: most recent engaged history items (not ignored) the related share is drawn around",
+        min=1, max=512,
+    )
     item_dropout: float = spec(
-        0.0, "probability that an item is out of stock for a whole session (drawn at reset; one stays)", min=0.0, max=0.95
+        0.0, "probability that an item is out of stock for a whole session (one featured item stays)", min=0.0, max=0.95
     )
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     users: UserConfig = field(default_factory=UserConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
+    @property
+    def n_slots(self) -> int:
+        """Candidate slots per step: ``n_candidates``, or every item when it is 0."""
+        return self.n_candidates or self.catalog.n_items
+
     def validate(self) -> None:
         if self.n_candidates > self.catalog.n_items:
             raise EnvConfigError("n_candidates", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.n_candidates}")
         if self.n_candidates and self.n_featured > self.n_candidates:
             raise EnvConfigError("n_featured", f"must be <= n_candidates ({self.n_candidates}), got {self.n_featured}")
+        shares = {"candidates_popular": self.candidates_popular, "candidates_related": self.candidates_related,
+                  "candidates_uniform": self.candidates_uniform}
+        for name, share in shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise EnvConfigError(name, f"must be in [0, 1], got {share}")
+        if abs(sum(shares.values()) - 1.0) > 1e-6:
+            raise EnvConfigError(
+                "candidates_uniform",
+                "candidates_popular + candidates_related + candidates_uniform must be 1, got "
+                + " + ".join(f"{v:g}" for v in shares.values()),
+            )
         if self.catalog.n_categories > self.catalog.n_items:
             raise EnvConfigError(
                 "catalog.n_categories", f"must be <= catalog.n_items ({self.catalog.n_items}), got {self.catalog.n_categories}"
@@ -175,10 +210,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "rewards": {"view": 0.0, "purchase": 0.0},
     },
-    # A 10k-item catalog: each step offers 100 candidates (half by popularity, half uniformly at random).
+    # A 10k-item catalog: each step offers K = 100 candidates (10 featured best-sellers, then 40% by popularity,
+    # 40% related to the recent history, 20% uniformly at random).
     "large": {
         "n_candidates": 100,
         "catalog": {"n_items": 10_000, "n_categories": 50},
+    },
+    # A shop at catalog scale: 1,000,000 items in 1,000 categories, the same K = 100 candidates per step.
+    "xl": {
+        "n_candidates": 100,
+        "catalog": {"n_items": 1_000_000, "n_categories": 1_000},
     },
     "custom": {},
 }

@@ -1,5 +1,8 @@
 """Response models: how a hidden user reacts to one recommended item, and how that changes the user.
 
+Everything takes item ids (``0..n_items-1``) and works over the items it is given — one recommended item, or
+a step's K candidates for the oracles — never over the whole catalog.
+
 Events (also the observation's event codes): 0 padding, 1 organic browse, 2 shown-ignored, 3 view,
 4 click, 5 purchase. A purchase implies a click; the recorded event is the deepest funnel stage reached.
 
@@ -33,6 +36,7 @@ __all__ = [
 ]
 
 PAD, ORGANIC, IGNORED, VIEW, CLICK, PURCHASE = range(6)
+_NEVER = -(10**9)  # "last shown" step of an item never recommended
 EVENT_NAMES = ("pad", "organic", "ignored", "view", "click", "purchase")
 N_EVENT_TYPES = len(EVENT_NAMES)
 
@@ -59,16 +63,29 @@ class FunnelResponse:
         self.config, self.catalog, self.rewards = config, catalog, rewards
 
     # -- probabilities (vectorised over candidate items; used by the simulator and by the oracles) ----------
+    def recently_shown(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray | None:
+        """[K] bool: each item was recommended within ``repeat_window`` steps of ``t`` (None: nothing shown yet).
+
+        O(K) dictionary look-ups: the user remembers what was shown this session, not a catalog-sized array."""
+        last = user.last_shown
+        if not last:
+            return None
+        w, get = self.config.repeat_window, last.get
+        return np.fromiter((t - get(i, _NEVER) <= w for i in items.tolist()), dtype=bool, count=len(items))
+
     def probabilities(
         self, user: UserState, items: np.ndarray, t: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """P(notice), P(click | notice), P(purchase | click) for each item in ``items`` ([K] each)."""
+        """P(notice), P(click | notice), P(purchase | click) for each item id in ``items`` ([K] each)."""
         cfg, cat = self.config, self.catalog
+        items = np.asarray(items)
         c = cat.category[items]
         match = user.interest[c] / user.interest.max()  # [K] in (0, 1]
         if cfg.fatigue:
             damp = np.exp(-user.fatigue[c])
-            damp = np.where(t - user.last_shown[items] <= cfg.repeat_window, damp * cfg.repeat_penalty, damp)
+            recent = self.recently_shown(user, items, t)
+            if recent is not None:
+                damp = np.where(recent, damp * cfg.repeat_penalty, damp)
         else:
             damp = 1.0
         p_notice = np.minimum(cfg.view_base + cfg.view_gain * match * damp, 0.98)
@@ -104,13 +121,34 @@ class FunnelResponse:
         pv, pc, _ = self.probabilities(user, items, t)
         return pv * pc * cfg.trust_growth * (self.catalog.quality[items] - 0.5)
 
+    def probabilities_of(self, user: UserState, item: int, t: int) -> tuple[float, float, float]:
+        """:meth:`probabilities` of one item as Python floats: the same operations in the same order (so the
+        same numbers, bit for bit), without the per-call cost of numpy on 1-element arrays."""
+        cfg, cat = self.config, self.catalog
+        c = int(cat.category[item])
+        interest = user.interest
+        match = float(interest[c]) / float(interest.max())
+        if cfg.fatigue:
+            damp = float(np.exp(-user.fatigue[c]))
+            if t - user.last_shown.get(item, _NEVER) <= cfg.repeat_window:
+                damp = damp * cfg.repeat_penalty
+        else:
+            damp = 1.0
+        p_notice = min(cfg.view_base + cfg.view_gain * match * damp, 0.98)
+        p_click = min(float(cat.appeal[item]) * user.click_propensity * (0.2 + 0.8 * match) * damp, 0.95)
+        if cfg.purchases:
+            p_buy = min(user.purchase_propensity * float(cat.quality[item]) * (1.3 - float(cat.price[item])), 0.9)
+        else:
+            p_buy = 0.0
+        return p_notice, p_click, p_buy
+
     # -- one recommendation ----------------------------------------------------------------------------------
     def respond(self, user: UserState, item: int, t: int, rng: np.random.Generator) -> int:
         """Sample the user's reaction to ``item`` at step ``t``, update the user, return the event code."""
         cfg, cat = self.config, self.catalog
-        idx = np.array([item])
-        pv, pc, pb = (float(p[0]) for p in self.probabilities(user, idx, t))
-        u_notice, u_click, u_buy = rng.random(3)
+        item = int(item)
+        pv, pc, pb = self.probabilities_of(user, item, t)
+        u_notice, u_click, u_buy = rng.random(3).tolist()
         c = int(cat.category[item])
         if cfg.fatigue:
             user.fatigue[c] += cfg.fatigue_rate
@@ -153,7 +191,7 @@ class FunnelResponse:
             user.fatigue *= cfg.fatigue_decay
         browsed: list[int] = []
         shifted = False
-        u_shift, u_organic = rng.random(2)
+        u_shift, u_organic = rng.random(2).tolist()
         n_cat = self.catalog.n_categories
         if cfg.interest_shift and n_cat > 1 and u_shift < cfg.shift_prob:
             current = int(np.argmax(user.interest))
@@ -174,6 +212,17 @@ class FunnelResponse:
         c = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
         return self.catalog.sample_in_category(min(c, self.catalog.n_categories - 1), rng)
 
+    def sample_organic_many(self, user: UserState, rng: np.random.Generator, n: int) -> list[int]:
+        """``n`` organic browses in a row (the interest does not move in between): the same draws, in the same
+        order, and the same items as ``n`` calls of :meth:`sample_organic`, with the per-call work done once."""
+        if n <= 0:
+            return []
+        cat = self.catalog
+        cdf = np.cumsum(user.interest)
+        u = rng.random(2 * n)  # the stream of n x (category draw, item draw)
+        cats = np.minimum(np.searchsorted(cdf, u[0::2] * cdf[-1], side="right"), cat.n_categories - 1)
+        return [cat.item_in_category(c, v) for c, v in zip(cats.tolist(), u[1::2].tolist(), strict=True)]
+
 
 class NotebookResponse(FunnelResponse):
     """The seed notebook's model: the item whose index equals the user's location is clicked with
@@ -188,11 +237,18 @@ class NotebookResponse(FunnelResponse):
         ones = np.ones(len(items))
         return ones, np.minimum(p_click, 1.0), np.zeros(len(items))
 
+    def probabilities_of(self, user: UserState, item: int, t: int) -> tuple[float, float, float]:
+        pv, pc, pb = self.probabilities(user, np.array([item]), t)
+        return float(pv[0]), float(pc[0]), float(pb[0])
+
     def expected_patience_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
         return np.zeros(len(items))
 
     def expected_trust_change(self, user: UserState, items: np.ndarray, t: int) -> np.ndarray:
         return np.zeros(len(items))
+
+    def sample_organic_many(self, user: UserState, rng: np.random.Generator, n: int) -> list[int]:
+        return [self.sample_organic(user, rng) for _ in range(n)]
 
     def sample_organic(self, user: UserState, rng: np.random.Generator) -> int:
         """The user mostly browses the product that matches them (how the clickstream reveals intent)."""
@@ -201,6 +257,7 @@ class NotebookResponse(FunnelResponse):
         return int(rng.integers(self.catalog.n_items))
 
     def respond(self, user: UserState, item: int, t: int, rng: np.random.Generator) -> int:
+        item = int(item)
         _, pc, _ = self.probabilities(user, np.array([item]), t)
         user.last_shown[item] = t
         if rng.random() < pc[0]:

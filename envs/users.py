@@ -6,7 +6,7 @@ set a prior over category interests through a fixed random linear map; each user
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,10 +25,12 @@ class UserState:
     location: int
     interest: np.ndarray  # [C] probabilities over categories
     fatigue: np.ndarray  # [C] >= 0
-    last_shown: np.ndarray  # [N] step at which each item was last recommended (-inf-ish if never)
     click_propensity: float
     purchase_propensity: float
     patience: float
+    # item id -> step at which it was last recommended (never recommended: absent). At most one entry per step
+    # of the session, so it is bounded by the session length, not the catalog.
+    last_shown: dict[int, int] = field(default_factory=dict)
 
 
 class UserSampler:
@@ -62,7 +64,6 @@ class UserSampler:
             location=location,
             interest=interest,
             fatigue=np.zeros(c),
-            last_shown=np.full(self.catalog.n_items, -(10**9), dtype=np.int64),
             click_propensity=float(rng.uniform(*cfg.click_propensity)),
             purchase_propensity=float(rng.uniform(*cfg.purchase_propensity)),
             patience=float(rng.uniform(*cfg.patience)),

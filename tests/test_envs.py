@@ -1,4 +1,7 @@
-"""ECommerceEnv: gymnasium API conformance, determinism, spaces and invalid actions."""
+"""ECommerceEnv: gymnasium API conformance, determinism, spaces and invalid actions.
+
+Actions are candidate slot indices; with ``n_candidates: 0`` (``seed``, ``default``) slot index == item id.
+Scale-specific behaviour (K < N candidates, stock-outs, the 1M-item shop) is in ``tests/test_env_scale.py``."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import envs
 from envs import ECommerceEnv, InvalidActionError
 from envs.response import IGNORED, ORGANIC
 
-PRESETS = ["seed", "default", "large"]
+PRESETS = ["seed", "default", "large", "xl"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -30,8 +33,8 @@ def test_same_seed_same_trajectory(preset: str) -> None:
         obs, _ = env.reset(seed=seed)
         traj = [obs]
         for _ in range(60):
-            cands = np.flatnonzero(obs["action_mask"])
-            obs, r, term, trunc, info = env.step(int(cands[rng.integers(len(cands))]))
+            slots = np.flatnonzero(obs["candidate_mask"])
+            obs, r, term, trunc, info = env.step(int(slots[rng.integers(len(slots))]))
             traj += [obs, r, term, trunc, info]
             if term or trunc:
                 obs, _ = env.reset()
@@ -55,11 +58,14 @@ def test_same_seed_same_trajectory(preset: str) -> None:
 def test_observation_contract(preset: str) -> None:
     env = ECommerceEnv(preset)
     obs, _ = env.reset(seed=0)
-    assert set(obs) == {"items", "events", "action_mask"}
+    k = env.config.n_candidates or env.n_items
+    assert set(obs) == {"items", "events", "candidates", "candidate_mask"}
     assert obs["items"].shape == (20,) and obs["items"].dtype == np.int32
     assert obs["events"].shape == (20,) and obs["events"].dtype == np.int32
-    assert obs["action_mask"].shape == (env.n_items,) and obs["action_mask"].dtype == np.int8
-    assert obs["action_mask"].any()
+    assert obs["candidates"].shape == (k,) and obs["candidates"].dtype == np.int32
+    assert obs["candidate_mask"].shape == (k,) and obs["candidate_mask"].dtype == np.int8
+    assert obs["candidate_mask"].any() and env.observation_space.contains(obs)
+    assert env.action_space.n == k == env.n_candidates
     # Padding is on the left, and items and events pad together.
     filled = obs["items"] > 0
     assert np.array_equal(filled, obs["events"] > 0)
@@ -85,34 +91,40 @@ def test_ignored_recommendations_are_visible() -> None:
 def test_large_preset_offers_candidate_subsets() -> None:
     env = ECommerceEnv("large")
     obs, _ = env.reset(seed=0)
-    masks = [obs["action_mask"].copy()]
+    offered = [set(env.candidate_items.tolist())]
+    featured = env.catalog.by_popularity[:10]
     for _ in range(5):
-        cands = np.flatnonzero(obs["action_mask"])
-        obs, *_ = env.step(int(cands[0]))
-        masks.append(obs["action_mask"].copy())
-    sizes = [m.sum() for m in masks]
-    assert all(10 <= s <= 100 for s in sizes), sizes
-    assert not all(np.array_equal(masks[0], m) for m in masks[1:])
-    # action_space.sample() without a mask is valid in every state (featured items).
+        assert np.array_equal(obs["candidates"][:10], featured)  # the best-sellers lead every step
+        slots = np.flatnonzero(obs["candidate_mask"])
+        obs, *_ = env.step(int(slots[-1]))
+        offered.append(set(env.candidate_items.tolist()))
+    sizes = [len(o) for o in offered]
+    assert all(50 <= s <= 100 for s in sizes), sizes
+    assert not all(offered[0] == o for o in offered[1:])
+    # action_space.sample() without a mask is valid in every state (featured slots).
     for _ in range(50):
-        assert obs["action_mask"][env.action_space.sample()] == 1
+        assert obs["candidate_mask"][env.action_space.sample()] == 1
 
 
-@pytest.mark.parametrize("bad", [-1, 30, 2.5, "3", None, np.array([1, 2])])
-def test_action_outside_space_is_refused(bad: object) -> None:
-    env = ECommerceEnv("default")
+@pytest.mark.parametrize("preset", ["default", "large"])
+@pytest.mark.parametrize("bad", [-1, "k", 2.5, "3", None, np.array([1, 2])])
+def test_action_outside_space_is_refused(preset: str, bad: object) -> None:
+    env = ECommerceEnv(preset)
     env.reset(seed=0)
-    with pytest.raises(InvalidActionError, match="not an item index"):
+    bad = env.n_candidates if isinstance(bad, str) and bad == "k" else bad
+    with pytest.raises(InvalidActionError, match=rf"not a candidate index in \[0, {env.n_candidates}\)"):
         env.step(bad)
 
 
 def test_masked_action_is_refused_and_state_unchanged() -> None:
-    env = ECommerceEnv("large")
+    env = ECommerceEnv({"preset": "large", "item_dropout": 0.3})
     obs, _ = env.reset(seed=0)
-    masked = int(np.flatnonzero(obs["action_mask"] == 0)[0])
+    masked = int(np.flatnonzero(obs["candidate_mask"] == 0)[0])
     t, patience = env.t, env.user.patience
     with pytest.raises(InvalidActionError, match=rf"action {masked} is masked"):
         env.step(masked)
+    with pytest.raises(InvalidActionError, match="is masked"):
+        env.item_of(masked)
     assert env.t == t and env.user.patience == patience
 
 
@@ -174,12 +186,12 @@ def test_item_dropout_puts_items_out_of_stock_for_a_whole_session() -> None:
     in_stock_share, stocks = [], []
     for seed in range(60):
         obs, _ = env.reset(seed=seed)
-        stock = obs["action_mask"].copy()
+        stock = obs["candidate_mask"].copy()
         stocks.append(stock)
         in_stock_share.append(stock.mean())
         done = False
         while not done:
-            assert np.array_equal(obs["action_mask"], stock)  # fixed for the session
+            assert np.array_equal(obs["candidate_mask"], stock)  # fixed for the session
             out = np.flatnonzero(stock == 0)
             if out.size:
                 with pytest.raises(InvalidActionError, match="masked"):
@@ -191,20 +203,20 @@ def test_item_dropout_puts_items_out_of_stock_for_a_whole_session() -> None:
     assert 0.4 < np.mean(in_stock_share) < 0.6
     assert len({s.tobytes() for s in stocks}) > 50  # redrawn each session
     again, _ = env.reset(seed=7)
-    assert np.array_equal(again["action_mask"], stocks[7])  # and reproducible per seed
+    assert np.array_equal(again["candidate_mask"], stocks[7])  # and reproducible per seed
 
 
 def test_item_dropout_keeps_a_candidate_and_respects_per_step_candidates() -> None:
     for seed in range(50):
         obs, _ = ECommerceEnv({"item_dropout": 0.95}).reset(seed=seed)
-        assert obs["action_mask"].sum() >= 1
+        assert obs["candidate_mask"].sum() >= 1
     env = ECommerceEnv({"preset": "large", "item_dropout": 0.5})
     obs, _ = env.reset(seed=0)
-    stock = env._in_stock.copy()
     for _ in range(5):
-        assert obs["action_mask"].sum() >= 1 and not np.any(obs["action_mask"] & ~stock.astype(bool))
-        assert obs["action_mask"][env.action_space.sample()] == 1
-        obs, *_ = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        valid = obs["candidate_mask"].astype(bool)
+        assert valid.sum() >= 1 and env.in_stock(obs["candidates"][valid]).all()
+        assert obs["candidate_mask"][env.action_space.sample()] == 1
+        obs, *_ = env.step(int(np.flatnonzero(obs["candidate_mask"])[0]))
 
 
 def test_item_dropout_zero_leaves_seeded_sessions_unchanged() -> None:
@@ -215,4 +227,4 @@ def test_item_dropout_zero_leaves_seeded_sessions_unchanged() -> None:
         a, _ = plain.reset(seed=seed)
         b, _ = dropped.reset(seed=seed)
         assert np.array_equal(a["items"], b["items"]) and np.array_equal(a["events"], b["events"])
-        assert a["action_mask"].all() and plain.user.patience == dropped.user.patience
+        assert a["candidate_mask"].all() and plain.user.patience == dropped.user.patience
