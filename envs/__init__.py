@@ -17,7 +17,7 @@ import gymnasium as gym
 
 from envs.catalog import POPULARITY_BANDS, PRICE_BANDS, Catalog
 from envs.config import PRESETS, EnvConfig, EnvConfigError, make_env_config
-from envs.ecommerce import ECommerceEnv, InvalidActionError
+from envs.ecommerce import OBS_KEYS, ECommerceEnv, InvalidActionError
 from envs.response import EVENT_NAMES, N_EVENT_TYPES
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "GYM_IDS",
     "InvalidActionError",
     "N_EVENT_TYPES",
+    "OBS_KEYS",
     "POPULARITY_BANDS",
     "PRESETS",
     "PRICE_BANDS",

@@ -49,7 +49,10 @@ from envs.config import EnvConfig, make_env_config
 from envs.response import EVENT_NAMES, N_EVENT_TYPES, ORGANIC, RewardFunction, make_response_model
 from envs.users import UserSampler, UserState
 
-__all__ = ["ECommerceEnv", "CandidateDiscrete", "InvalidActionError"]
+__all__ = ["OBS_KEYS", "ECommerceEnv", "CandidateDiscrete", "InvalidActionError"]
+
+# The observation's keys, in the order everything downstream stacks, logs and feeds them.
+OBS_KEYS = ("items", "events", "candidates", "candidate_mask")
 
 # splitmix64 constants (the per-session stock hash)
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

@@ -37,12 +37,12 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_rec.agent.model import build_q_model
+from rllib_rec.agent.model import INPUTS, build_q_model
 from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
 
 __all__ = ["TransformerDQNModule", "masked_epsilon_greedy"]
 
-_OBS_KEYS = ("items", "events", "action_mask")
+_OBS_KEYS = INPUTS  # items, events, candidates, candidate_mask
 
 
 def masked_epsilon_greedy(
@@ -112,11 +112,13 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             fixed_value_or_schedule=cfg.get("epsilon", [(0, 1.0), (10000, 0.05)]), framework=self.framework
         )
 
-        spaces = (int(self.action_space.n), int(self.observation_space["items"].shape[0]),
-                  int(self.observation_space["action_mask"].shape[0]))
-        if spaces != (self.spec.n_items, self.spec.history_length, self.spec.n_items):
-            raise ValueError(f"spaces (actions, history, mask) {spaces} do not fit the model spec "
-                             f"(n_items {self.spec.n_items}, history_length {self.spec.history_length})")
+        obs = self.observation_space
+        spaces = (int(self.action_space.n), int(obs["items"].shape[0]), int(obs["candidates"].shape[0]),
+                  int(obs["candidate_mask"].shape[0]))
+        expected = (self.spec.n_candidates, self.spec.history_length, self.spec.n_candidates, self.spec.n_candidates)
+        if spaces != expected:
+            raise ValueError(f"spaces (actions, history, candidates, mask) {spaces} do not fit the model spec "
+                             f"{expected} (n_candidates, history_length)")
         self.qnet = build_q_model(self.spec, name="q_net")
         self._use_trace = bool(cfg.get("jit_trace", True)) and self.spec.dropout == 0.0
         self._training_forward = False
@@ -174,14 +176,14 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
     # ---------------------------------------------------------------- forwards
     def _forward_inference(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         q = self.compute_q_values(batch)[QF_PREDS]  # [B, A]
-        actions, _ = masked_epsilon_greedy(q, batch[Columns.OBS]["action_mask"], 0.0)
+        actions, _ = masked_epsilon_greedy(q, batch[Columns.OBS]["candidate_mask"], 0.0)
         return {Columns.ACTIONS: actions}
 
     def _forward_exploration(self, batch: dict[str, Any], t: int = 0, **kwargs) -> dict[str, torch.Tensor]:
         q = self.compute_q_values(batch)[QF_PREDS]  # [B, A]
         self.epsilon_schedule.update(t)
         eps = float(self.epsilon_schedule.get_current_value())
-        actions, probs = masked_epsilon_greedy(q, batch[Columns.OBS]["action_mask"], eps)
+        actions, probs = masked_epsilon_greedy(q, batch[Columns.OBS]["candidate_mask"], eps)
         return {Columns.ACTIONS: actions, Columns.ACTION_PROB: probs}
 
     def _forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -49,16 +49,21 @@ class ModelConfig:
     dropout: float = spec(0.0, "dropout rate in the encoder", min=0.0, max=0.9)
     mlp_hidden: list[int] = spec([64, 32], "hidden widths of the Q head", min=1, max=4096)
     dueling: bool = spec(True, "dueling head: Q = V + A - mean(A)")
-    item_scoring: Literal["tied", "dense"] = spec(
-        "tied", "'tied': score items by dot product with the input item embeddings; 'dense': one output per item"
-    )
     history_features: bool = spec(True, "add per-item event counts from the history to each item's score")
     history_affinity: bool = spec(
         True, "add what happened to *similar* history items (target attention over tied embeddings)"
     )
-    item_categories: bool = spec(True, "give the model the catalog's item categories (shop metadata)")
+    item_features: list[Literal["category", "price_band", "popularity_band"]] = spec(
+        ["category"], "side features of every item the network embeds beside its id (shop metadata: an unseen "
+        "item is not a blank); any of category, price_band, popularity_band"
+    )
+    id_buckets: int = spec(
+        16_384, "rows of the item-id embedding table: catalogs with more items hash ids into this many rows, so "
+        "an update costs the same whatever the catalog's size (0 = one row per item always)", min=0
+    )
     category_features: bool = spec(
-        True, "add per-item counts of what happened to same-category history items (needs item_categories)"
+        True, "add per-candidate counts of what happened to same-category history items (needs the category "
+        "item feature)"
     )
     value_ledger: bool = spec(
         False, "add a linear sum over history events (item . event-type vector) to the state value"
@@ -174,8 +179,8 @@ class ExperimentConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
 
     def validate(self) -> None:
-        if self.model.category_features and not self.model.item_categories:
-            raise ConfigError("model.category_features", "needs model.item_categories: true")
+        if self.model.category_features and "category" not in self.model.item_features:
+            raise ConfigError("model.category_features", "needs category in model.item_features")
         if self.dqn.epsilon_end > self.dqn.epsilon_start:
             raise ConfigError("dqn.epsilon_end", "must be <= dqn.epsilon_start")
         if self.faults.env_crash_rate + self.faults.env_hang_rate > 1.0:

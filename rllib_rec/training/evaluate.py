@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from envs import ECommerceEnv, EnvConfig
+from envs import OBS_KEYS, ECommerceEnv, EnvConfig
 from envs.baselines import BASELINES, EpisodeStats, run_episodes
 from envs.response import CLICK, PURCHASE
 from rllib_rec.training.checkpoints import checkpoint_config, load_module, resolve_checkpoint
@@ -43,11 +43,11 @@ def evaluate_module(
         next_ep += 1
     while any(s is not None for s in slots):
         live = [i for i, s in enumerate(slots) if s is not None]
-        batch = {k: np.stack([slots[i][1][k] for i in live]) for k in ("items", "events", "action_mask")}
+        batch = {k: np.stack([slots[i][1][k] for i in live]) for k in OBS_KEYS}
         actions = _greedy_actions(module, batch)
         for i, a in zip(live, actions, strict=True):
             ep, _ = slots[i]
-            clickbait[ep] += envs[i].catalog.is_clickbait[int(a)]
+            clickbait[ep] += envs[i].catalog.is_clickbait[envs[i].item_of(int(a))]
             obs, r, term, trunc, info = envs[i].step(int(a))
             returns[ep] += r
             lengths[ep] += 1
