@@ -37,7 +37,8 @@ class ToyRecEnv(gym.Env):
             {
                 "items": gym.spaces.Box(0, self.n, (self.t,), np.int32),
                 "events": gym.spaces.Box(0, 5, (self.t,), np.int32),
-                "action_mask": gym.spaces.Box(0, 1, (self.n,), np.int8),
+                "candidates": gym.spaces.Box(0, self.n - 1, (self.n,), np.int32),
+                "candidate_mask": gym.spaces.Box(0, 1, (self.n,), np.int8),
             }
         )
         self.action_space = gym.spaces.Discrete(self.n)
@@ -52,7 +53,8 @@ class ToyRecEnv(gym.Env):
         self.mask[self.fav] = 1 if self.np_random.random() < 0.8 else self.mask[self.fav]
         if not self.mask.any():
             self.mask[self.np_random.integers(self.n)] = 1
-        return {"items": self.items.copy(), "events": self.events.copy(), "action_mask": self.mask.copy()}
+        return {"items": self.items.copy(), "events": self.events.copy(),
+                "candidates": np.arange(self.n, dtype=np.int32), "candidate_mask": self.mask.copy()}
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -155,7 +157,7 @@ def test_loss_equals_hand_computed_weighted_huber(settings):
 
 # ------------------------------------------------------------------------------------ end to end
 MODEL_CONFIG = {
-    "qnet": QNetSpec(10, 20, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32, mlp_hidden=(32,)).to_dict(),
+    "qnet": QNetSpec(10, 10, 20, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32, mlp_hidden=(32,)).to_dict(),
     "jit_trace": True,
 }
 

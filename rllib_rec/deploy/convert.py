@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["SIGNATURE", "INPUTS", "MASKED_THRESHOLD", "tflite_ops"]
 
 SIGNATURE = "serving_default"
-INPUTS = ("items", "events", "action_mask")
+INPUTS = ("items", "events", "candidates", "candidate_mask")
 # Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.agent.model); anything above this
 # threshold in a masked slot means the mask was lost in conversion.
 MASKED_THRESHOLD = -1e8
@@ -44,7 +44,8 @@ def _convert_main(work: Path) -> None:
     from rllib_rec.agent.spec import QNetSpec
 
     job = json.loads((work / "job.json").read_text())
-    model = build_q_model(QNetSpec.from_dict(job["spec"]), name="q_net")
+    # The per-item tables come with the weights, so the catalog need not be rebuilt here.
+    model = build_q_model(QNetSpec.from_dict({**job["spec"], "catalog": None}), name="q_net")
     with np.load(work / "weights.npz") as z:
         weights = {p: z[f"w{i}"] for i, p in enumerate(job["weight_paths"])}
     try:
@@ -57,7 +58,7 @@ def _convert_main(work: Path) -> None:
     with np.load(work / "samples.npz") as z:
         obs = {k: z[k] for k in INPUTS}
         q_ref = z["q_ref"]
-    cand = obs["action_mask"] > 0
+    cand = obs["candidate_mask"] > 0
     q_scale = float(np.max(np.abs(np.where(cand, q_ref, 0.0))))
 
     out: dict[str, Any] = {"spec": job["spec"], "modes": {}}

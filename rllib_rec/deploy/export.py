@@ -154,7 +154,7 @@ def sample_observations(
         if q is not None:
             qs.extend(q[:take])
         for i, env in enumerate(envs):
-            allowed = np.flatnonzero(batch["action_mask"][i])
+            allowed = np.flatnonzero(batch["candidate_mask"][i])
             if q is not None and rng.random() >= epsilon:
                 a = int(allowed[np.argmax(q[i][allowed])])
             else:
@@ -356,14 +356,16 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
         "inputs": r["inputs"],
         "output": r["output"],
         "n_items": spec["n_items"],
+        "n_candidates": spec["n_candidates"],
+        "embed_dim": spec["embed_dim"],
+        "id_buckets": spec["id_buckets"],
         "history_length": spec["history_length"],
         "n_event_types": spec["n_event_types"],
-        "item_ids": (f"0..{spec['n_items'] - 1}; the model's input token for item i is i + 1 "
-                     "(0 = padding); histories are oldest first and left-padded"),
+        "item_ids": (f"0..{spec['n_items'] - 1}; history items enter the model as tokens i + 1 (0 = padding), "
+                     "oldest first and left-padded; candidates as item ids in n_candidates slots with a mask"),
         "event_codes": {name: code for code, name in enumerate(event_names)},
         "masked_q": -1e9,
-        # The architecture (the catalog's item categories are inside the model, not repeated here).
-        "model_spec": {k: v for k, v in spec.items() if k != "item_categories"},
+        "model_spec": spec,
         "config_name": cfg.name,
         "config_hash": cfg.config_hash(),
         "source_config_hash": meta.get("config_hash"),

@@ -10,11 +10,13 @@ API (JSON):
 
 * ``POST /recommend`` ``{"items": [3, 7, 7], "events": ["view", "click", 5], "candidates": [1, 2, 9],
   "k": 2}`` -> ``{"recommendations": [{"item": 9, "q": 1.23}, ...], ...}``. ``items`` are item ids
-  ``0..n_items-1`` (the simulator's action indices), oldest first; ``events`` the event of each
-  (names or codes, see the sidecar's ``event_codes``; ``pad`` is not an event). A history shorter than
-  the model's ``history_length`` is left-padded (as the simulator does), a longer one is truncated to
-  its most recent ``history_length`` events. ``candidates`` defaults to every item; ``k`` must be in
-  ``1..n_items`` and at most ``len(candidates)`` items come back, best first (ties: lower id first).
+  ``0..n_items-1``, oldest first; ``events`` the event of each (names or codes, see the sidecar's
+  ``event_codes``; ``pad`` is not an event). A history shorter than the model's ``history_length`` is
+  left-padded (as the simulator does), a longer one is truncated to its most recent ``history_length``
+  events. ``candidates`` are the distinct item ids to rank — what a retrieval stage produced — at most the
+  model's ``n_candidates`` (K) of them: the network scores K slots per call. They may be omitted only when
+  the whole catalog fits in those slots (``n_items <= n_candidates``); then every item is ranked. ``k`` must
+  be in ``1..K`` and at most ``len(candidates)`` items come back, best first (ties: lower id first).
 * ``GET /health`` -> model facts and the heavy-import check.
 
 Invalid requests get 422 with one readable ``detail`` line; a body that is not JSON at all 400 or 422; a
@@ -67,7 +69,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 # What rllib_rec.deploy.export writes; a copy, not an import, so serving stays off the training stack (a test
 # checks the two agree).
 SIDECAR_FORMAT = "rllib-rec-tflite/1"
-_INPUTS = ("items", "events", "action_mask")
+_INPUTS = ("items", "events", "candidates", "candidate_mask")
 
 
 
@@ -131,6 +133,7 @@ class Recommender:
             if self.meta.get("format") != SIDECAR_FORMAT:
                 raise ValueError(f"format is {_show(self.meta.get('format'))}, expected {SIDECAR_FORMAT!r}")
             self.n_items = int(self.meta["n_items"])
+            self.n_candidates = int(self.meta["n_candidates"])
             self.history_length = int(self.meta["history_length"])
             codes = {str(k): int(v) for k, v in self.meta["event_codes"].items()}
             signature = str(self.meta.get("signature", "serving_default"))
@@ -184,14 +187,15 @@ class Recommender:
         missing = [k for k in _INPUTS if k not in inputs]
         if missing or len(outputs) != 1:
             raise ServeError(f"{model_path}: signature {signature!r} lacks inputs {missing} or has "
-                             f"{len(outputs)} outputs (expected items, events, action_mask -> one Q output)")
+                             f"{len(outputs)} outputs (expected items, events, candidates, candidate_mask -> one Q "
+                             "output)")
         # Direct tensor access (set_tensor/invoke/get_tensor) by the signature's indices: the order of
         # the input tensors is not the declared order, and the signature runner adds ~10 µs per call.
         self._idx = {k: int(inputs[k]["index"]) for k in _INPUTS}
         self._out = int(next(iter(outputs.values()))["index"])
         shapes = {k: tuple(int(s) for s in inputs[k]["shape"]) for k in _INPUTS}
         expect = {"items": (1, self.history_length), "events": (1, self.history_length),
-                  "action_mask": (1, self.n_items)}
+                  "candidates": (1, self.n_candidates), "candidate_mask": (1, self.n_candidates)}
         if shapes != expect:
             raise ServeError(f"{model_path}: input shapes {shapes} do not match the sidecar {expect}")
         self._lock = threading.Lock()
@@ -230,22 +234,39 @@ class Recommender:
         x_events = np.zeros((1, self.history_length), dtype=np.int32)
         x_items[0, pad:] = tokens
         x_events[0, pad:] = codes
-        mask = np.zeros((1, self.n_items), dtype=np.int32)
-        if candidates is None:
-            cand = list(range(self.n_items))
+        cand = self._candidates(candidates)
+        x_cands = np.zeros((1, self.n_candidates), dtype=np.int32)
+        mask = np.zeros((1, self.n_candidates), dtype=np.int32)
+        if self.n_items <= self.n_candidates:
+            # The whole catalog fits: the layout the model was trained on (slot i holds item i).
+            x_cands[0, : self.n_items] = np.arange(self.n_items)
+            mask[0, cand] = 1
         else:
-            if len(candidates) == 0:
-                raise RequestError("candidates: must not be empty (omit it to rank every item)")
-            cand = [self._check_item("candidates", i, c) for i, c in enumerate(candidates)]
-            if len(set(cand)) != len(cand):
-                dup = next(c for i, c in enumerate(cand) if c in cand[:i])
-                raise RequestError(f"candidates: item id {dup} appears more than once")
-        mask[0, cand] = 1
-        return {"items": x_items, "events": x_events, "action_mask": mask}, cand
+            x_cands[0, : len(cand)] = cand
+            mask[0, : len(cand)] = 1
+        return {"items": x_items, "events": x_events, "candidates": x_cands, "candidate_mask": mask}, cand
+
+    def _candidates(self, candidates: Sequence[Any] | None) -> list[int]:
+        if candidates is None:
+            if self.n_items > self.n_candidates:
+                raise RequestError(f"candidates: required (the catalog has {self.n_items} items and the model "
+                                   f"ranks up to {self.n_candidates} per request; send your retrieval stage's "
+                                   f"top {self.n_candidates})")
+            return list(range(self.n_items))
+        if len(candidates) == 0:
+            raise RequestError("candidates: must not be empty")
+        if len(candidates) > self.n_candidates:
+            raise RequestError(f"candidates: at most {self.n_candidates} per request (the model scores "
+                               f"{self.n_candidates} slots), got {len(candidates)}")
+        cand = [self._check_item("candidates", i, c) for i, c in enumerate(candidates)]
+        if len(set(cand)) != len(cand):
+            dup = next(c for i, c in enumerate(cand) if c in cand[:i])
+            raise RequestError(f"candidates: item id {dup} appears more than once")
+        return cand
 
     # ------------------------------------------------------------------ inference
     def q_values(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        """Q-values [n_items] for one encoded request (non-candidates are very negative)."""
+        """Q-values [n_candidates] of the slots of one encoded request (invalid slots are very negative)."""
         with self._lock:
             for k in _INPUTS:
                 self._interp.set_tensor(self._idx[k], x[k])
@@ -255,12 +276,14 @@ class Recommender:
     def recommend(self, items: Sequence[Any], events: Sequence[Any], candidates: Sequence[Any] | None = None,
                   k: int = 10) -> list[dict[str, float | int]]:
         """Top-k candidates by Q-value, best first (RequestError on invalid input)."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n_items:
-            raise RequestError(f"k: must be an integer in 1..{self.n_items}, got {_show(k)}")
+        top = min(self.n_items, self.n_candidates)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top:
+            raise RequestError(f"k: must be an integer in 1..{top}, got {_show(k)}")
         x, cand = self.encode(items, events, candidates)
         q = self.q_values(x)
         cand_arr = np.asarray(cand)
-        qc = q[cand_arr]
+        slots = cand_arr if self.n_items <= self.n_candidates else np.arange(len(cand))
+        qc = q[slots]
         order = np.lexsort((cand_arr, -qc))[:k]  # by Q descending, then id ascending
         return [{"item": int(cand_arr[j]), "q": float(qc[j])} for j in order]
 
@@ -272,6 +295,7 @@ class Recommender:
             "config_hash": self.meta.get("config_hash"),
             "sha256": self.meta.get("sha256"),
             "n_items": self.n_items,
+            "n_candidates": self.n_candidates,
             "history_length": self.history_length,
             "event_codes": self.event_codes,
         }
@@ -288,8 +312,8 @@ def _request_model():
         items: list[StrictInt] = Field(max_length=MAX_HISTORY, description="item ids, oldest first")
         events: list[StrictInt | StrictStr] = Field(max_length=MAX_HISTORY,
                                                     description="event of each item: name or code")
-        candidates: list[StrictInt] | None = Field(default=None, max_length=1_000_000,
-                                                   description="item ids to rank (default: all)")
+        candidates: list[StrictInt] | None = Field(default=None, max_length=100_000, description=(
+            "item ids to rank, at most the model's n_candidates (default: every item, if they fit)"))
         k: StrictInt = Field(default=10, description="how many items to return")
 
     return RecommendRequest
@@ -434,7 +458,8 @@ def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {host}: the API has no authentication; put it behind a proxy", file=sys.stderr)
-    print(f"serving {rec.path} ({rec.meta.get('quantization')}, {rec.n_items} items, history "
+    print(f"serving {rec.path} ({rec.meta.get('quantization')}, {rec.n_items} items, {rec.n_candidates} "
+          f"candidate slots, history "
           f"{rec.history_length}) on http://{host}:{port}  POST /recommend  GET /health", file=sys.stderr)
     uvicorn.run(create_app(rec, max_body_bytes), host=host, port=int(port), log_level="warning",
                 access_log=False)
