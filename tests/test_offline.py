@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from envs import OBS_KEYS
 from rllib_rec.cli import main
 from rllib_rec.offpolicy.logs import log_arrays, read_logs
 
@@ -43,8 +44,10 @@ def test_logged_episodes_become_replay_episodes(random_logs: Path) -> None:
     np.testing.assert_allclose(first.get_rewards(), a.reward[:n])
     np.testing.assert_allclose(first.get_extra_model_outputs(Columns.ACTION_PROB), a.behaviour_prob[:n])
     obs = first.get_observations()
-    np.testing.assert_array_equal(obs["items"][:n], a.obs["items"][:n])  # o_0 .. o_{n-1}
-    np.testing.assert_array_equal(obs["items"][n], a.next_obs["items"][n - 1])  # the final observation
+    assert set(obs) == set(OBS_KEYS)
+    for k in OBS_KEYS:
+        np.testing.assert_array_equal(obs[k][:n], a.obs[k][:n])  # o_0 .. o_{n-1}
+        np.testing.assert_array_equal(obs[k][n], a.next_obs[k][n - 1])  # the final observation
     assert first.is_terminated == bool(a.terminated[n - 1]) and first.is_truncated == bool(a.truncated[n - 1])
 
     stats = logging_policy_stats(a)  # the logging policy's value, read off the logs
@@ -87,6 +90,7 @@ def test_offline_training_learns_from_logs_only(random_logs: Path, tmp_path: Pat
 
 @pytest.mark.parametrize(("overrides", "problem"), [
     (["env.catalog.n_items=12"], "logs have 10 items but env.catalog.n_items is 12"),
+    (["env.n_candidates=5", "env.n_featured=2"], "logs have 10 candidate slots per step but the env offers 5"),
     (["env.history_length=8"], "logs have history length 20 but env.history_length is 8"),
     (["dqn.replay_capacity=100", "dqn.train_batch_size=32"], "exceed dqn.replay_capacity (100)"),
 ])

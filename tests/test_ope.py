@@ -14,6 +14,7 @@ from rllib_rec.cli import main
 from rllib_rec.config import load_config
 from rllib_rec.offpolicy.collect import collect_logs, make_behaviour
 from rllib_rec.offpolicy.estimators import (
+    N_HISTORY_KEYS,
     TabularRewardModel,
     effective_sample_size,
     estimate,
@@ -61,13 +62,46 @@ def test_tabular_model_shrinkage_and_keys() -> None:
     # shrinkage 1: global mean g = 0.75; action 0 mean (2 + g) / (2 + 1); its only cell shrinks toward that.
     m = TabularRewardModel(2, shrinkage=1.0).fit({"x": np.zeros(4)}, ACTIONS, REWARDS)
     a0 = (2 + 0.75) / 3
-    assert m.table[0, 0] == pytest.approx((2 + a0) / 3)
+    assert m.predict({"x": np.zeros(1)})[0, 0] == pytest.approx((2 + a0) / 3)
     # Keys split an action's rows into cells; weights act as row multiplicities.
     key = lambda ctx, n_actions: np.repeat(ctx["k"][:, None], n_actions, axis=1)  # noqa: E731
     m = TabularRewardModel(2, key, n_keys=2, shrinkage=0.0)
     q = m.fit({"k": np.array([0, 0, 1, 1])}, ACTIONS, REWARDS, weights=np.array([1.0, 1.0, 3.0, 1.0])).predict(
         {"k": np.array([0, 1])})
     np.testing.assert_allclose(q, [[1.0, 0.0], [1.0, 1.0]])
+
+
+def test_tabular_model_cells_are_items_behind_the_slots() -> None:
+    """Cells are (item, key), the item being the candidate in the chosen slot; an unlogged cell takes the key's
+    mean moved by the item's deviation from the global mean, clipped to the logged rewards."""
+    ctx = {"candidates": np.array([[7, 900_000], [900_000, 7], [3, 7], [7, 3]]), "k": np.array([0, 0, 1, 1])}
+    key = lambda c, n_actions: np.repeat(c["k"][:, None], n_actions, axis=1)  # noqa: E731
+    actions = np.array([0, 0, 1, 1])  # items 7, 900000, 7, 3
+    rewards = np.array([1.0, 0.0, 0.5, 0.0])
+    m = TabularRewardModel(2, key, n_keys=3, shrinkage=0.0).fit(ctx, actions, rewards)
+    g, key1, item7 = 1.5 / 4, 0.25, 0.75  # global mean; key 1's rows 2 and 3; item 7's rows 0 and 2
+    q = m.predict({"candidates": np.array([[7, 900_000], [7, 3], [5, 7], [7, 900_000]]), "k": np.array([0, 1, 1, 2])})
+    np.testing.assert_allclose(q, [[1.0, 0.0],  # logged cells (7, 0) and (900000, 0)
+                                   [0.5, 0.0],  # logged cells (7, 1) and (3, 1)
+                                   [key1, 0.5],  # item 5 never logged: its key's mean
+                                   [g + (item7 - g), 0.0]])  # key 2 never logged: g, moved by the item (clipped at 0)
+
+
+def test_tabular_model_never_allocates_by_catalog_size() -> None:
+    """Item ids up to 10^7 with 48 keys: the model stores logged cells only (a dense table would be 3.8 GB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, k = 2000, 100
+    ctx = {"candidates": rng.integers(0, 10_000_000, (n, k)), "items": rng.integers(0, 10_000_001, (n, 20)),
+           "events": rng.integers(0, 6, (n, 20))}
+    actions, rewards = rng.integers(0, k, n), rng.random(n)
+    tracemalloc.start()
+    m = TabularRewardModel(k, history_key, N_HISTORY_KEYS).fit(ctx, actions, rewards)
+    q = m.predict(ctx)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert q.shape == (n, k) and peak < 64 * 2**20, peak  # a few [n, K] arrays and the [rows, K, H] chunks
 
 
 def test_effective_sample_size_and_history_key() -> None:
@@ -80,6 +114,35 @@ def test_effective_sample_size_and_history_key() -> None:
     assert k[0, 0] == (1 * 6 + 2) * 2 + 0  # seen once, last ignored, not the most frequent
     assert k[0, 1] == 0  # never seen
     assert k[0, 2] == (2 * 6 + 4) * 2 + 1  # seen twice, last clicked, most frequent
+    # With candidates, each slot's key is its item's: slots hold items 2, 9 (absent) and 0.
+    k = history_key({**ctx, "candidates": np.array([[2, 9, 0]])}, 3)
+    assert k.tolist() == [[(2 * 6 + 4) * 2 + 1, 0, (1 * 6 + 2) * 2]]
+
+
+def _history_key_reference(items: np.ndarray, events: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """history_key row by row, from its definition (item tokens are id + 1, 0 = padding)."""
+    out = np.zeros(cands.shape, dtype=np.int64)
+    for i in range(len(items)):
+        ids = [int(t) - 1 for t in items[i] if t > 0]
+        evs = [int(e) for t, e in zip(items[i], events[i], strict=True) if t > 0]
+        top = max((ids.count(x) for x in ids), default=0)
+        for j, c in enumerate(cands[i]):
+            count = ids.count(int(c))
+            last = evs[len(ids) - 1 - ids[::-1].index(int(c))] if count else 0
+            out[i, j] = (min(count, 3) * 6 + last) * 2 + (count == top and count > 0)
+    return out
+
+
+def test_history_key_compares_candidates_with_the_history() -> None:
+    rng = np.random.default_rng(3)
+    n, h, k, n_items = 400, 8, 6, 12  # few items, so repeats, ties and clipped counts all occur
+    items = rng.integers(0, n_items + 1, (n, h))
+    events = np.where(items > 0, rng.integers(1, 6, (n, h)), 0)
+    cands = rng.integers(0, n_items, (n, k))
+    ctx = {"items": items, "events": events, "candidates": cands}
+    expected = _history_key_reference(items, events, cands)
+    np.testing.assert_array_equal(history_key(ctx, k), expected)
+    assert len(np.unique(expected)) > 15 and expected.max() < N_HISTORY_KEYS
 
 
 def test_sequential_estimators_by_hand() -> None:
@@ -98,7 +161,8 @@ def test_obd_bts_on_random_logs_matches_obp_reference() -> None:
     assert (np.diff(logs.timestamp.astype(np.int64)) >= 0).all()
     dist = load_bts_action_dist(OBD)
     pi = dist.T[logs.position]  # the evaluation policy's probability at the logged position
-    res = {e.name: e for e in estimate(pi, logs.item_id, logs.click, logs.pscore, n_bootstrap=2)}
+    assert (logs.candidates[np.arange(logs.n_rows), logs.action] == logs.item_id).all()  # K = N = 80: slot = item
+    res = {e.name: e for e in estimate(pi, logs.action, logs.click, logs.pscore, n_bootstrap=2)}
     # obp's README: IPW of the Bernoulli-TS policy on the random logs / their mean click rate = 1.198126...
     assert res["IPS"].value / logs.click.mean() == pytest.approx(1.198126, abs=5e-7)
 
@@ -126,7 +190,8 @@ def test_ci_coverage_single_step_bandit(tmp_path) -> None:
     truth = []
     for i in range(20_000):
         obs, _ = env.reset(seed=10**8 + i)
-        truth.append(env.response.expected_reward(env.user, np.array([history_policy(obs, env, rng)]), 0)[0])
+        item = obs["candidates"][history_policy(obs, env, rng)]  # the policy picks a slot
+        truth.append(env.response.expected_reward(env.user, np.array([item]), 0)[0])
     true_value = float(np.mean(truth))
     reps, rows = 50, 5000
     covered: dict[str, int] = {}

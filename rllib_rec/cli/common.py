@@ -36,10 +36,13 @@ def load_checkpoint_module(path: str) -> tuple[Path, ExperimentConfig, Any]:
     return ckpt, checkpoint_config(ckpt), load_module(ckpt)
 
 
-def check_module_fits(module: Any, n_items: int, history_length: int, what: str) -> None:
-    m_items = int(module.action_space.n)
+def check_module_fits(module: Any, n_items: int, n_candidates: int, history_length: int, what: str) -> None:
+    """The checkpoint's module takes ``what``'s observations: the same catalog size N (its item table), candidate
+    slots K (its actions) and history length; else a one-line UsageError."""
+    spec = getattr(module, "spec", None)
+    m_items = int(spec.n_items) if spec is not None else n_items
+    m_cands = int(module.action_space.n)
     m_hist = int(module.observation_space["items"].shape[0])
-    if (m_items, m_hist) != (n_items, history_length):
-        raise UsageError(f"checkpoint expects {m_items} items and history {m_hist}, {what} has {n_items} items "
-                       f"and history {history_length}")
-
+    if (m_items, m_cands, m_hist) != (n_items, n_candidates, history_length):
+        raise UsageError(f"checkpoint expects {m_items} items, {m_cands} candidate slots and history {m_hist}, "
+                         f"{what} has {n_items} items, {n_candidates} candidate slots and history {history_length}")

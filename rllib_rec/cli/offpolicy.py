@@ -26,7 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "collect",
         help="roll a behaviour policy in the simulator and write an interaction log (Parquet) for OPE / offline RL",
         description="Run --episodes seeded episodes (seeds --seed, --seed+1, ...) of the config's env with a "
-        "behaviour policy and write one row per step to --out (schema: rllib_rec/offpolicy/logs.py). Behaviour "
+        "behaviour policy and write one row per step to --out (schema: rllib_rec/offpolicy/logs.py: the step's "
+        "candidates, the chosen slot and item, the behaviour distribution over the candidates). Behaviour "
         "probabilities are exact: random = 1/|candidates|; epsilon-greedy = (1-eps)*1[a == greedy] + "
         "eps/|candidates|. The file appears only when complete; an existing file is never overwritten "
         "unless --overwrite.",
@@ -52,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "ope",
         help="off-policy evaluation (IPS, SNIPS, DM, DR with bootstrap CIs and ESS) on logs or the Open Bandit Dataset",
         description="Estimate a target policy's value from an interaction log written by `collect`: per-step "
-        "IPS, SNIPS, DM and DR (reward model: mean reward per item x history-feature cell), 95% percentile-"
+        "IPS, SNIPS, DM and DR (reward model: mean reward per candidate item x history-feature cell), 95% percentile-"
         "bootstrap intervals and the effective sample size of the importance weights; for multi-step episodes "
         "also per-decision and trajectory-wise IPS of the episode return. With --obd DIR: evaluate the "
         "Bernoulli-TS policy on the Open Bandit Dataset's uniform-random logs and the uniform-random policy on "
@@ -99,7 +100,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     cfg = resolve_env_config(args.config, args.overrides, ckpt_cfg)
     env = ECommerceEnv(cfg.env)
     if module is not None:
-        check_module_fits(module, env.n_items, env.history_length, "the config's env")
+        check_module_fits(module, env.n_items, env.n_candidates, env.history_length, "the config's env")
     seed = cfg.run.seed if args.seed is None else args.seed
     try:
         behaviour = make_behaviour(args.policy, env, epsilon=args.epsilon, base=args.base, module=module,
@@ -107,7 +108,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"collect: policy={behaviour.policy_id} env preset={cfg.env.preset} items={env.n_items} "
-          f"episodes={args.episodes} seeds={seed}..", file=sys.stderr)
+          f"candidates={env.n_candidates} episodes={args.episodes} seeds={seed}..", file=sys.stderr)
     try:
         res = collect_logs(out, cfg.env, behaviour, args.episodes, seed=seed, overwrite=args.overwrite,
                            log=lambda s: print(s, file=sys.stderr))
@@ -146,7 +147,7 @@ def _ope_logs(args: argparse.Namespace, estimates_table) -> None:  # noqa: ANN00
     if not 0.0 <= args.epsilon <= 1.0:
         raise UsageError(f"--epsilon must be in [0, 1], got {args.epsilon}")
     meta = read_metadata(args.logs)  # validates the file before anything expensive
-    n_items, hist = meta["n_items"], meta["history_length"]
+    dims = (meta["n_items"], meta["n_candidates"], meta["history_length"])
     env = module = None
     if args.policy:
         if args.policy not in ("random", "popularity", "history"):
@@ -159,14 +160,14 @@ def _ope_logs(args: argparse.Namespace, estimates_table) -> None:  # noqa: ANN00
         else:
             raise UsageError(f"{args.logs}: no env config in the log's metadata; give --config")
         env = ECommerceEnv(env_cfg)
-        if (env.n_items, env.history_length) != (n_items, hist):
-            raise UsageError(f"env has {env.n_items} items and history {env.history_length}, the log has "
-                           f"{n_items} and {hist}")
+        if (env.n_items, env.n_candidates, env.history_length) != dims:
+            raise UsageError(f"env has {env.n_items} items, {env.n_candidates} candidate slots and history "
+                             f"{env.history_length}, the log has {dims[0]}, {dims[1]} and {dims[2]}")
         target = args.policy if args.epsilon == 0 or args.policy == "random" else \
             f"epsilon-greedy({args.policy},eps={args.epsilon:g})"
     else:
         _, _, module = load_checkpoint_module(args.checkpoint)
-        check_module_fits(module, n_items, hist, "the log")
+        check_module_fits(module, *dims, "the log")
         target = f"checkpoint {args.checkpoint}" + (f" (epsilon {args.epsilon:g})" if args.epsilon else " (greedy)")
     arrays = log_arrays(read_logs(args.logs))
     pi = target_distribution(arrays, args.policy, env, module, args.epsilon)

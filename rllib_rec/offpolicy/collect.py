@@ -1,7 +1,7 @@
 """``rllib-rec collect``: roll a behaviour policy in the simulator and write an interaction log.
 
 The behaviour policy is epsilon-greedy over a greedy part (see :mod:`rllib_rec.offpolicy.policies`), so each row's
-``behaviour_prob`` and ``behaviour_dist`` are exact. Episodes run batched across envs (one network call per
+``behaviour_prob`` and ``behaviour_dist`` (over the step's K candidate slots) are exact. Episodes run batched across envs (one network call per
 step for a checkpoint policy) and are written in ``episode_id`` order, rows ordered by step.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from envs import ECommerceEnv, EnvConfig
+from envs import OBS_KEYS, ECommerceEnv, EnvConfig
 from rllib_rec.config.schema import to_dict
 from rllib_rec.offpolicy.logs import COLLECT_KEY, ENV_CONFIG_KEY, LogWriter
 from rllib_rec.offpolicy.policies import GreedyFn, baseline_greedy, checkpoint_greedy, epsilon_greedy_dist
@@ -29,7 +29,7 @@ Row = dict[str, Any]
 
 @dataclass
 class BehaviourPolicy:
-    """``(1 - epsilon) * greedy + epsilon * uniform(mask)``; ``greedy`` is None for the random policy."""
+    """``(1 - epsilon) * greedy + epsilon * uniform(valid candidates)``; ``greedy`` is None for the random policy."""
 
     policy_id: str
     epsilon: float
@@ -87,8 +87,8 @@ def _checkpoint_behaviour(module: Any, checkpoint: str | None, eps: float) -> Be
 
 
 def _sample(dist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One action per row of ``dist`` [B, N] (inverse CDF; zero-probability items are never drawn)."""
-    cdf = np.cumsum(dist, axis=1)  # [B, N]
+    """One slot per row of ``dist`` [B, K] (inverse CDF; zero-probability slots are never drawn)."""
+    cdf = np.cumsum(dist, axis=1)  # [B, K]
     u = rng.random(len(dist)) * cdf[:, -1]  # [B]
     return np.minimum((cdf <= u[:, None]).sum(axis=1), dist.shape[1] - 1)
 
@@ -118,18 +118,18 @@ def rollout(
             slots.append(None)
     while any(s is not None for s in slots):
         live = [i for i, s in enumerate(slots) if s is not None]
-        batch = {k: np.stack([slots[i][1][k] for i in live]) for k in ("items", "events", "action_mask")}
+        batch = {k: np.stack([slots[i][1][k] for i in live]) for k in OBS_KEYS}
         greedy = None
         if behaviour.greedy is not None and behaviour.epsilon < 1.0:
             greedy = behaviour.greedy(batch, [envs[i] for i in live])
-        dist = epsilon_greedy_dist(greedy, batch["action_mask"], behaviour.epsilon)  # [B, N]
+        dist = epsilon_greedy_dist(greedy, batch["candidate_mask"], behaviour.epsilon)  # [B, K]
         actions = _sample(dist, rng)
         for j, (i, a) in enumerate(zip(live, actions, strict=True)):
             ep, obs = slots[i]
             next_obs, r, term, trunc, info = envs[i].step(int(a))
             rows[ep].append({
                 "episode_id": ep, "episode_seed": seed + ep, "step": len(rows[ep]), "obs": obs, "action": int(a),
-                "behaviour_prob": float(dist[j, a]), "behaviour_dist": dist[j].astype(np.float32),
+                "item": int(info["item"]), "behaviour_prob": float(dist[j, a]), "behaviour_dist": dist[j].astype(np.float32),
                 "reward": float(r), "event": int(info["event"]), "terminated": bool(term),
                 "truncated": bool(trunc), "next_obs": next_obs, "policy_id": behaviour.policy_id,
                 "timestamp_us": time.time_ns() // 1000,
@@ -173,8 +173,8 @@ def collect_logs(
     log: Callable[[str], None] | None = None,
     progress_every_s: float = 5.0,
 ) -> CollectResult:
-    """Roll ``behaviour`` for ``n_episodes`` and write the log to ``out`` atomically."""
-    env = ECommerceEnv(env_config)
+    """Roll ``behaviour`` for ``n_episodes`` and write the log to ``out`` atomically; ``log`` gets a progress line
+    every ``progress_every_s`` seconds."""
     meta = {
         ENV_CONFIG_KEY: json.dumps(to_dict(env_config)).encode(),
         COLLECT_KEY: json.dumps({**behaviour.info, "policy_id": behaviour.policy_id, "seed": seed,
@@ -182,8 +182,8 @@ def collect_logs(
     }
     t0 = last = time.perf_counter()
     returns: list[float] = []
-    with LogWriter(out, n_items=env.n_items, history_length=env.history_length, overwrite=overwrite,
-                   metadata=meta) as writer:
+    with LogWriter(out, n_items=env_config.catalog.n_items, n_candidates=env_config.n_slots,
+                   history_length=env_config.history_length, overwrite=overwrite, metadata=meta) as writer:
         for ep_rows in rollout(env_config, behaviour, n_episodes, seed):
             for row in ep_rows:
                 writer.add(**row)
@@ -191,8 +191,8 @@ def collect_logs(
             now = time.perf_counter()
             if log is not None and now - last >= progress_every_s:
                 last = now
-                log(f"  {len(returns):,}/{n_episodes:,} episodes, {writer.rows_added:,} rows, "
-                    f"{now - t0:.0f}s")
+                log(f"  {len(returns):,}/{n_episodes:,} episodes, {writer.rows_added:,} rows, {now - t0:.0f}s "
+                    f"({writer.rows_added / (now - t0):,.0f} rows/s)")
         writer.flush()
         rows = writer.rows_written
     mean_ret = float(np.mean(returns)) if returns else float("nan")

@@ -1,6 +1,7 @@
 """Off-policy evaluation: estimate a target policy's value from logs of another (behaviour) policy.
 
-Inputs per logged row ``i`` (``n`` rows, ``A`` actions): the logged action ``a_i``, its reward ``r_i``,
+Inputs per logged row ``i`` (``n`` rows, ``A`` actions: the K candidate slots of a simulated log, or the 80
+items of the Open Bandit Dataset): the logged action ``a_i``, its reward ``r_i``,
 the behaviour probability ``p_i = mu(a_i | x_i)`` and the target policy's distribution ``pi[i, :]``
 (``pi[i, a]`` for every action; a deterministic target is one-hot, and ``pi[i, a_i] = 0`` is fine).
 With importance weights ``w_i = pi[i, a_i] / p_i`` and a reward model ``q[i, a] ~ E[r | x_i, a]``:
@@ -28,9 +29,11 @@ exact behaviour probabilities, but their variance grows with the product of weig
 (``bench/ope.py`` measures both).
 
 Reward models follow the :class:`RewardModel` protocol. :class:`TabularRewardModel` is the default: mean
-reward per (action, key) cell with shrinkage, where the key is a small discrete feature of the context:
-:func:`position_key` (Open Bandit Dataset: item x position) or :func:`history_key` (simulated logs: how
-often and how recently the item appears in the user's history).
+reward per (item, key) cell with shrinkage, where the item is the one behind the action (the row's candidate
+in that slot) and the key is a small discrete feature of the context: :func:`position_key` (Open Bandit
+Dataset: item x position) or :func:`history_key` (simulated logs: how often and how recently the candidate
+appears in the user's history). Nothing here is sized by the catalog: arrays are [n, A] at most, and the
+reward model stores only the logged cells.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "Context",
     "RewardModel",
     "TabularRewardModel",
+    "candidate_items",
     "position_key",
     "history_key",
     "N_HISTORY_KEYS",
@@ -94,7 +98,16 @@ class RewardModel(Protocol):
         ...
 
 
-KeyFn = Callable[[Context], np.ndarray]  # context -> [n, A] int keys in [0, n_keys)
+KeyFn = Callable[[Context, int], np.ndarray]  # (context, n_actions) -> [n, A] int keys in [0, n_keys)
+
+
+def candidate_items(context: Context, n_actions: int) -> np.ndarray:
+    """[n, A] item id behind each action of each row: ``context["candidates"]`` (the logged candidate slots), or
+    the action index itself where the context has none (every item a candidate: K = N, slot = item)."""
+    if "candidates" in context:
+        return np.asarray(context["candidates"], dtype=np.int64)
+    n = len(next(iter(context.values()))) if context else 0
+    return np.broadcast_to(np.arange(n_actions, dtype=np.int64), (n, n_actions))
 
 
 def position_key(context: Context, n_actions: int) -> np.ndarray:
@@ -104,25 +117,39 @@ def position_key(context: Context, n_actions: int) -> np.ndarray:
 
 
 N_HISTORY_KEYS = 4 * 6 * 2
+_KEY_CHUNK = 4096  # rows per [rows, A, H] comparison in history_key (~8 MB at A = 100, H = 20)
 
 
 def history_key(context: Context, n_actions: int) -> np.ndarray:
-    """[n, A] key of each item in each row's history: (occurrences clipped to 3) x (most recent event code
-    of the item, 0 if absent) x (whether it is the row's most frequent history item): 48 values.
+    """[n, A] key of each candidate item in each row's history: (occurrences clipped to 3) x (most recent event
+    code of the item, 0 if absent) x (whether it is the row's most frequent history item): 48 values.
 
-    Reads ``items`` [n, H] (item index + 1, 0 = pad) and ``events`` [n, H], as in the observation.
+    Reads ``items`` [n, H] (item id + 1, 0 = pad) and ``events`` [n, H], as in the observation, and the
+    candidates' item ids (:func:`candidate_items`). Candidate ids are compared with history ids, a [rows, A, H]
+    array per chunk of rows: O(n A H), nothing sized by the catalog.
     """
-    items = np.asarray(context["items"], dtype=np.int64)
+    hist = np.asarray(context["items"], dtype=np.int64) - 1  # item ids, -1 = padding
     events = np.asarray(context["events"], dtype=np.int64)
-    n, h = items.shape
-    rows = np.arange(n)
-    count = np.zeros((n, n_actions + 1), dtype=np.int64)  # column 0 collects padding
-    last = np.zeros((n, n_actions + 1), dtype=np.int64)
-    for j in range(h):  # oldest to newest: the last write per item is its most recent event
-        count[rows, items[:, j]] += 1
-        last[rows, items[:, j]] = events[:, j]
-    count, last = count[:, 1:], last[:, 1:]
-    top = (count == count.max(axis=1, keepdims=True)) & (count > 0)
+    cands = candidate_items(context, n_actions)
+    out = np.empty(cands.shape, dtype=np.int64)
+    for lo in range(0, len(hist), _KEY_CHUNK):
+        rows = slice(lo, lo + _KEY_CHUNK)
+        out[rows] = _history_key_rows(hist[rows], events[rows], cands[rows])
+    return out
+
+
+def _history_key_rows(hist: np.ndarray, events: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """:func:`history_key` of a chunk of rows: ``hist`` [r, H] item ids (-1 = pad), ``events`` [r, H], ``cands``
+    [r, A] item ids."""
+    h = hist.shape[1]
+    match = cands[:, :, None] == hist[:, None, :]  # [r, A, H]
+    count = match.sum(axis=2)  # [r, A]
+    last_pos = h - 1 - np.argmax(match[:, :, ::-1], axis=2)  # [r, A]: the candidate's most recent occurrence
+    last = np.where(count > 0, np.take_along_axis(events, last_pos, axis=1), 0)
+    # How often the row's most frequent history item occurs (0 for an empty history).
+    same = (hist[:, :, None] == hist[:, None, :]) & (hist[:, None, :] >= 0)  # [r, H, H]
+    top_count = same.sum(axis=2).max(axis=1, initial=0)  # [r]
+    top = (count == top_count[:, None]) & (count > 0)
     return (np.minimum(count, 3) * 6 + last) * 2 + top
 
 
@@ -132,38 +159,62 @@ def _shrunk_mean(total: np.ndarray, count: np.ndarray, s: float, parent: np.ndar
     return np.divide(total + s * parent, den, out=np.array(parent, dtype=np.float64), where=den > 0)
 
 
-class TabularRewardModel:
-    """Mean reward per (action, key) cell, shrunk toward the action's mean, itself shrunk toward the global
-    mean: ``q = (sum_cell + s * parent) / (n_cell + s)``. Unseen cells fall back to their parent.
+def _find(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The position of each of ``ids`` in ``sorted_ids`` (unique, ascending), -1 where absent."""
+    if len(sorted_ids) == 0:
+        return np.full(np.shape(ids), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, -1)
 
-    ``key_fn(context, n_actions) -> [n, A]`` ints in ``[0, n_keys)``; None = one key (per-action means).
+
+@dataclass
+class _Layout:
+    """The logged items and (item, key) cells of a fit, and where each logged row falls among them."""
+
+    items: np.ndarray  # [I] sorted ids of the logged items
+    cells: np.ndarray  # [C] sorted ids of the logged cells: item * n_keys + key
+    row_item: np.ndarray  # [n] each logged row's position in items
+    row_cell: np.ndarray  # [n] ... in cells
+    row_key: np.ndarray  # [n] its key
+    cell_item: np.ndarray  # [C] each cell's position in items
+    cell_key: np.ndarray  # [C] its key
+
+
+class TabularRewardModel:
+    """Mean reward per (item, key) cell with shrinkage, stored sparsely.
+
+    ``q(item, key) = (sum_cell + s * parent) / (n_cell + s)`` with ``parent = key_mean[key] + (item_mean[item] -
+    g)`` clipped to the logged reward range: the key's mean reward, moved by how far the item's rows are from the
+    global mean ``g``; ``key_mean`` and ``item_mean`` are themselves shrunk toward ``g``. A cell or item without
+    logged rows takes its parent, so an item never logged is predicted from its key alone. With one key
+    (``key_fn`` None) this is the per-item mean shrunk toward the global mean.
+
+    The item of an action is :func:`candidate_items` (``context["candidates"]``, or the action index itself).
+    Only logged items and cells are stored (``np.unique`` over the logged rows), so memory and time are
+    O(rows x actions) whatever the catalog size. The bootstrap refits on the same context many times: its keys,
+    the layout of its cells and the look-ups of its (row, action) pairs are computed once.
+
+    ``key_fn(context, n_actions) -> [n, A]`` ints in ``[0, n_keys)``; None = one key.
     """
 
     def __init__(
         self,
         n_actions: int,
-        key_fn: Callable[[Context, int], np.ndarray] | None = None,
+        key_fn: KeyFn | None = None,
         n_keys: int = 1,
         shrinkage: float = 2.0,
     ) -> None:
         self.n_actions, self.key_fn, self.n_keys, self.shrinkage = int(n_actions), key_fn, int(n_keys), shrinkage
-        self.table: np.ndarray | None = None  # [A, n_keys]
-        self._key_cache: tuple[Context, np.ndarray] | None = None
-
-    def _keys(self, context: Context) -> np.ndarray:
-        if self.key_fn is None:
-            n = len(next(iter(context.values()))) if context else 0
-            return np.zeros((n, self.n_actions), dtype=np.int64)
-        # The bootstrap fits and predicts on the same context many times: compute its keys once. The cache
-        # holds the context object itself, so an identity match can never be a recycled id.
-        cache = self._key_cache
-        if cache is not None and cache[0] is context:
-            return cache[1]
-        keys = np.asarray(self.key_fn(context, self.n_actions), dtype=np.int64)
-        if keys.min(initial=0) < 0 or keys.max(initial=0) >= self.n_keys:
-            raise ValueError(f"reward-model keys must be in [0, {self.n_keys})")
-        self._key_cache = (context, keys)
-        return keys
+        self.global_mean = 0.0
+        self.reward_range = (0.0, 0.0)
+        self.key_mean: np.ndarray | None = None  # [n_keys]
+        self.item_mean: np.ndarray | None = None  # [I], aligned with the fitted layout's items
+        self.cell_mean: np.ndarray | None = None  # [C], aligned with its cells
+        self._fitted: _Layout | None = None
+        # Caches hold the context object itself, so an identity match can never be a recycled id.
+        self._context_cache: tuple[Context, np.ndarray, np.ndarray] | None = None
+        self._layout_cache: tuple[Context, np.ndarray, _Layout] | None = None
+        self._lookup_cache: tuple[Context, _Layout, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     def fit(
         self, context: Context, actions: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None
@@ -171,23 +222,86 @@ class TabularRewardModel:
         actions = np.asarray(actions, dtype=np.int64)
         rewards = np.asarray(rewards, dtype=np.float64)
         wts = np.ones(len(actions)) if weights is None else np.asarray(weights, dtype=np.float64)
-        keys = self._keys(context)[np.arange(len(actions)), actions]  # [n]
-        a_n, s = self.n_actions, self.shrinkage
-        g = float(np.sum(wts * rewards) / max(np.sum(wts), 1e-12))
-        act_sum = np.bincount(actions, wts * rewards, minlength=a_n)
-        act_cnt = np.bincount(actions, wts, minlength=a_n)
-        act_mean = _shrunk_mean(act_sum, act_cnt, s, np.full(a_n, g))  # [A]
-        cells = actions * self.n_keys + keys
-        cell_sum = np.bincount(cells, wts * rewards, minlength=a_n * self.n_keys).reshape(a_n, self.n_keys)
-        cell_cnt = np.bincount(cells, wts, minlength=a_n * self.n_keys).reshape(a_n, self.n_keys)
-        self.table = _shrunk_mean(cell_sum, cell_cnt, s, np.broadcast_to(act_mean[:, None], cell_cnt.shape))
+        layout = self._layout(context, actions)
+        s, wr = self.shrinkage, wts * rewards
+        g = self.global_mean = float(np.sum(wr) / max(np.sum(wts), 1e-12))
+        counted = rewards[wts > 0]  # the rows this fit counts (a bootstrap resample leaves some out)
+        self.reward_range = (float(counted.min(initial=g)), float(counted.max(initial=g)))
+
+        def shrunk(index: np.ndarray, size: int, parent: np.ndarray) -> np.ndarray:
+            total, count = np.bincount(index, wr, minlength=size), np.bincount(index, wts, minlength=size)
+            return _shrunk_mean(total, count, s, parent)
+
+        self.key_mean = shrunk(layout.row_key, self.n_keys, np.full(self.n_keys, g))
+        self.item_mean = shrunk(layout.row_item, len(layout.items), np.full(len(layout.items), g))
+        self.cell_mean = shrunk(layout.row_cell, len(layout.cells), self._parent(layout.cell_item, layout.cell_key))
+        self._fitted = layout
         return self
 
     def predict(self, context: Context) -> np.ndarray:
-        if self.table is None:
+        """[n, A]: the cell's mean where the (item, key) cell was logged, else its parent."""
+        if self._fitted is None or self.cell_mean is None:
             raise RuntimeError("fit() the reward model first")
-        keys = self._keys(context)  # [n, A]
-        return self.table[np.arange(self.n_actions)[None, :], keys]  # [n, A]
+        index, pair_item, pair_key = self._lookup(context)
+        values = np.concatenate([self.cell_mean, self._parent(pair_item, pair_key)])  # [C + U]
+        return values[index]  # [n, A]
+
+    def _parent(self, item_pos: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """``key_mean[key] + item_mean[item] - g`` (an unlogged item, position -1, adds nothing), clipped."""
+        assert self.key_mean is not None and self.item_mean is not None
+        g = self.global_mean
+        item_shift = np.where(item_pos >= 0, self.item_mean[item_pos] - g, 0.0) if len(self.item_mean) else 0.0
+        return np.clip(self.key_mean[keys] + item_shift, *self.reward_range)
+
+    def _items_and_keys(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        """[n, A] item ids and keys of every action in every row of ``context``."""
+        cache = self._context_cache
+        if cache is not None and cache[0] is context:
+            return cache[1], cache[2]
+        items = candidate_items(context, self.n_actions)
+        if self.key_fn is None:
+            keys = np.zeros(items.shape, dtype=np.int64)
+        else:
+            keys = np.asarray(self.key_fn(context, self.n_actions), dtype=np.int64)
+            if keys.min(initial=0) < 0 or keys.max(initial=0) >= self.n_keys:
+                raise ValueError(f"reward-model keys must be in [0, {self.n_keys})")
+        self._context_cache = (context, items, keys)
+        return items, keys
+
+    def _layout(self, context: Context, actions: np.ndarray) -> _Layout:
+        """The logged items and cells of ``context``'s rows with ``actions`` (sorted unique ids)."""
+        cache = self._layout_cache
+        if cache is not None and cache[0] is context and np.array_equal(cache[1], actions):
+            return cache[2]
+        items, keys = self._items_and_keys(context)
+        rows = np.arange(len(actions))
+        item, key = items[rows, actions], keys[rows, actions]  # [n]
+        logged_items, row_item = np.unique(item, return_inverse=True)
+        cells, row_cell = np.unique(item * self.n_keys + key, return_inverse=True)
+        layout = _Layout(logged_items, cells, row_item, row_cell, key,
+                         _find(logged_items, cells // self.n_keys), cells % self.n_keys)
+        self._layout_cache = (context, actions.copy(), layout)
+        return layout
+
+    def _lookup(self, context: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each (row, action) of ``context`` takes its value from: ``index`` [n, A] into the fitted cells'
+        means [C] followed by the parents of the U distinct (item, key) pairs whose cell was not logged, and
+        those pairs' item positions (-1: item not logged) and keys [U]."""
+        layout = self._fitted
+        assert layout is not None
+        cache = self._lookup_cache
+        if cache is not None and cache[0] is context and cache[1] is layout:
+            return cache[2]
+        items, keys = self._items_and_keys(context)
+        cell_pos = _find(layout.cells, items * self.n_keys + keys)  # [n, A]
+        unlogged = cell_pos < 0
+        pair = (_find(layout.items, items[unlogged]) + 1) * self.n_keys + keys[unlogged]  # item position + 1, key
+        pairs, pair_index = np.unique(pair, return_inverse=True)
+        index = cell_pos
+        index[unlogged] = len(layout.cells) + pair_index
+        found = (index, pairs // self.n_keys - 1, pairs % self.n_keys)
+        self._lookup_cache = (context, layout, found)
+        return found
 
 
 @dataclass
@@ -293,7 +407,7 @@ def estimate(
         pi: [n, A] target distribution per logged row.
         actions, rewards, pscore: [n] logged action, reward and behaviour probability of the action.
         context: named [n, ...] arrays the reward model reads (DM/DR only).
-        reward_model: fitted afresh on the logs and on every bootstrap sample (default: per-action means).
+        reward_model: fitted afresh on the logs and on every bootstrap sample (default: per-item means).
         n_bootstrap: bootstrap samples (rows drawn with replacement; seeded by ``seed``).
 
     Point estimates and every bootstrap resample go through the public :func:`ips`, :func:`snips`,
@@ -405,11 +519,10 @@ def target_distribution(
     module: Any = None,
     epsilon: float = 0.0,
 ) -> np.ndarray:
-    """[n, N] target distribution on every logged row: ``random`` (uniform over the row's candidates), an
-    observation-only baseline (``env`` supplies the catalog), or ``module``'s greedy action; epsilon-greedy
-    with ``epsilon`` (0 = deterministic, i.e. one-hot)."""
-
-    mask = arrays.obs["action_mask"]
+    """[n, K] target distribution over every logged row's candidate slots: ``random`` (uniform over the row's
+    valid candidates), an observation-only baseline (``env`` supplies the catalog), or ``module``'s greedy
+    slot; epsilon-greedy with ``epsilon`` (0 = deterministic, i.e. one-hot)."""
+    mask = arrays.obs["candidate_mask"]
     if module is None and policy == "random":
         return epsilon_greedy_dist(None, mask, 1.0)
     if module is not None:
@@ -429,13 +542,13 @@ def evaluate_logs(
     gamma: float = 1.0,
     reward_model: RewardModel | None = None,
 ) -> list[Estimate]:
-    """Per-step IPS/SNIPS/DM/DR of target ``pi`` on simulated logs (reward model: :func:`history_key`
-    cells), the logged per-step mean reward for scale, and for multi-step episodes the per-decision and
-    trajectory-wise IPS of the episode return beside the logged mean episode return."""
-    n_items = arrays.n_items
-    if pi.shape != (arrays.n_rows, n_items):
-        raise ValueError(f"target distribution has shape {pi.shape}, logs have {(arrays.n_rows, n_items)}")
-    model = reward_model or TabularRewardModel(n_items, history_key, N_HISTORY_KEYS)
+    """Per-step IPS/SNIPS/DM/DR of target ``pi`` [n, K] on simulated logs (reward model: (item,
+    :func:`history_key`) cells), the logged per-step mean reward for scale, and for multi-step episodes the
+    per-decision and trajectory-wise IPS of the episode return beside the logged mean episode return."""
+    shape = (arrays.n_rows, arrays.n_candidates)
+    if pi.shape != shape:
+        raise ValueError(f"target distribution has shape {pi.shape}, logs have {shape} (rows, candidate slots)")
+    model = reward_model or TabularRewardModel(arrays.n_candidates, history_key, N_HISTORY_KEYS)
     pscore = arrays.behaviour_prob.astype(np.float64)
     rewards = arrays.reward.astype(np.float64)
     out = estimate(pi, arrays.action, rewards, pscore, arrays.obs, model, n_bootstrap=n_bootstrap, seed=seed)

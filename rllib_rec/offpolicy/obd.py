@@ -16,6 +16,10 @@ Two layouts are read:
 
 As obp does, rows are sorted by timestamp and positions are made 0-based. The target policy's
 probability for a row is taken at the row's logged position: ``pi[i, a] = action_dist[a, position_i]``.
+
+In the terms of the candidate-set logs (:mod:`rllib_rec.offpolicy.logs`, version 2) every row offers all 80
+items as its candidates, K = N = 80 with slot ``a`` = item ``a``: :attr:`OBDLogs.action` is the slot,
+:attr:`OBDLogs.candidates` the item ids, and the estimators see the same [rows, K] arrays as on simulated logs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rllib_rec.offpolicy.estimators import Estimate, TabularRewardModel, estimat
 
 __all__ = [
     "N_ITEMS",
+    "N_CANDIDATES",
     "N_POSITIONS",
     "BEHAVIOURS",
     "OBDError",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 N_ITEMS = 80
+N_CANDIDATES = N_ITEMS  # every item is a candidate at every row: slot a = item a
 N_POSITIONS = 3
 BEHAVIOURS = ("random", "bts")
 USER_FEATURES = tuple(f"user_feature_{k}" for k in range(4))
@@ -70,6 +76,16 @@ class OBDLogs:
     @property
     def n_rows(self) -> int:
         return len(self.item_id)
+
+    @property
+    def action(self) -> np.ndarray:
+        """[n] the logged candidate slot: the item id (all 80 items are the candidates)."""
+        return self.item_id
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """[n, 80] the candidates' item ids at every row: 0..79 (a read-only broadcast view)."""
+        return np.broadcast_to(np.arange(N_CANDIDATES, dtype=np.int64), (self.n_rows, N_CANDIDATES))
 
 
 def _paths(directory: Path, behaviour: str, campaign: str) -> tuple[Path, Path]:
@@ -182,7 +198,8 @@ def evaluate_obd(
     """IPS, SNIPS, DM and DR of (a) the Bernoulli-TS action distribution on the uniform-random logs and
     (b) the uniform-random policy (1/80 per item at every position) on the Bernoulli-TS logs.
 
-    The reward model is the click rate per (item, position) with shrinkage. Keys of the result name the
+    The reward model is the click rate per (item, position) with shrinkage (toward the position's click rate
+    moved by the item's). Keys of the result name the
     target and the logs; each list ends with the logs' own mean click rate (``logged click rate``: the value
     of the logging policy) for scale.
     """
@@ -192,12 +209,13 @@ def evaluate_obd(
                             ("uniform random on Bernoulli-TS logs", "bts")):
         logs = load_obd(directory, behaviour, campaign)
         if behaviour == "random":
-            pi = action_dist.T[logs.position]  # [n, 80]: the target's distribution at the logged position
+            pi = action_dist.T[logs.position]  # [n, K]: the target's distribution at the logged position
         else:
-            pi = np.full((logs.n_rows, N_ITEMS), 1.0 / N_ITEMS)
-        model = TabularRewardModel(N_ITEMS, position_key, n_keys=N_POSITIONS)
-        ests = estimate(pi, logs.item_id, logs.click, logs.pscore, {"position": logs.position}, model,
-                        n_bootstrap=n_bootstrap, seed=seed)
+            pi = np.full((logs.n_rows, N_CANDIDATES), 1.0 / N_CANDIDATES)
+        model = TabularRewardModel(N_CANDIDATES, position_key, n_keys=N_POSITIONS)
+        context = {"position": logs.position, "candidates": logs.candidates}
+        ests = estimate(pi, logs.action, logs.click, logs.pscore, context, model, n_bootstrap=n_bootstrap,
+                        seed=seed)
         ests.append(mean_with_ci("logged click rate", logs.click, n_bootstrap, seed))
         out[name] = ests
     return out

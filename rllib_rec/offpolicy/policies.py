@@ -2,9 +2,11 @@
 
 Every policy here is epsilon-greedy over a *greedy part* (a deterministic baseline from
 :data:`envs.baselines.BASELINES`, or a checkpoint's greedy action), with the random draw uniform over the
-step's candidates, so its distribution is known exactly::
+step's valid candidates, so its distribution over the K candidate slots is known exactly::
 
-    pi(a | obs) = (1 - eps) * 1[a == greedy(obs)] + eps * mask[a] / |mask|
+    pi(a | obs) = (1 - eps) * 1[a == greedy(obs)] + eps * candidate_mask[a] / |candidate_mask|
+
+Actions are candidate slots (``0..K-1``), as in the env; ``obs["candidates"][a]`` is the item.
 
 ``random`` is the case eps = 1 (no greedy part). That exactness is what makes the logged behaviour
 probabilities usable for importance weighting.
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from envs import ECommerceEnv
+from envs import OBS_KEYS, ECommerceEnv
 from envs.baselines import BASELINES
 
 __all__ = [
@@ -34,21 +36,22 @@ OBSERVATION_BASELINES = ("popularity", "history")
 # Baselines that read the hidden user state: only usable live in the simulator.
 ORACLE_BASELINES = ("myopic_oracle", "planning_oracle")
 
-# obs batch {"items" [B, H], "events" [B, H], "action_mask" [B, N]} (+ the live envs, or None) -> actions [B]
+# obs batch {"items" [B, H], "events" [B, H], "candidates" [B, K], "candidate_mask" [B, K]} (+ the live envs, or
+# None) -> candidate slots [B]
 GreedyFn = Callable[[dict[str, np.ndarray], Sequence[ECommerceEnv] | None], np.ndarray]
 
 
 def epsilon_greedy_dist(greedy: np.ndarray | None, mask: np.ndarray, epsilon: float) -> np.ndarray:
-    """[B, N] float64 distribution ``(1 - eps) * onehot(greedy) + eps * mask / |mask|``.
+    """[B, K] float64 distribution over the candidate slots: ``(1 - eps) * onehot(greedy) + eps * mask / |mask|``.
 
-    ``greedy`` may be None only when ``epsilon == 1`` (uniform over the mask). Every row of ``mask`` needs
-    a candidate, and each greedy action must be one.
+    ``greedy`` [B] (slots) may be None only when ``epsilon == 1`` (uniform over the mask). Every row of ``mask``
+    (the candidate mask [B, K]) needs a valid slot, and each greedy slot must be one.
     """
-    allowed = np.asarray(mask) > 0  # [B, N]
+    allowed = np.asarray(mask) > 0  # [B, K]
     n_allowed = allowed.sum(axis=1, keepdims=True)  # [B, 1]
     if (n_allowed == 0).any():
-        raise ValueError("a row of action_mask has no candidate")
-    dist = epsilon * allowed / n_allowed  # [B, N]
+        raise ValueError("a row of candidate_mask has no valid candidate")
+    dist = epsilon * allowed / n_allowed  # [B, K]
     if epsilon < 1.0:
         if greedy is None:
             raise ValueError("a greedy action is needed when epsilon < 1")
@@ -76,7 +79,7 @@ def baseline_greedy(name: str, env: ECommerceEnv, live: bool = False, seed: int 
     rng = np.random.default_rng([seed, 13])  # the deterministic baselines ignore it; the signature wants one
 
     def greedy(obs: dict[str, np.ndarray], envs: Sequence[ECommerceEnv] | None = None) -> np.ndarray:
-        n = len(obs["action_mask"])
+        n = len(obs["candidate_mask"])
         out = np.empty(n, dtype=np.int64)
         for i in range(n):
             row = {k: v[i] for k, v in obs.items()}
@@ -87,17 +90,18 @@ def baseline_greedy(name: str, env: ECommerceEnv, live: bool = False, seed: int 
 
 
 def checkpoint_greedy(module: Any, chunk: int = 2048) -> GreedyFn:
-    """The greedy action of a trained RLModule (``forward_inference``: argmax of Q over the mask), batched."""
+    """The greedy slot of a trained RLModule (``forward_inference``: argmax of Q over the valid candidates),
+    batched."""
     import torch
     from ray.rllib.core.columns import Columns
 
     def greedy(obs: dict[str, np.ndarray], envs: Sequence[ECommerceEnv] | None = None) -> np.ndarray:
-        n = len(obs["action_mask"])
+        n = len(obs["candidate_mask"])
         out = np.empty(n, dtype=np.int64)
         with torch.no_grad():
             for lo in range(0, n, chunk):
-                batch = {k: torch.from_numpy(np.array(v[lo:lo + chunk]))  # a copy: inputs may be read-only
-                         for k, v in obs.items() if k in ("items", "events", "action_mask")}
+                batch = {k: torch.from_numpy(np.array(obs[k][lo:lo + chunk]))  # a copy: inputs may be read-only
+                         for k in OBS_KEYS}
                 res = module.forward_inference({Columns.OBS: batch})
                 out[lo:lo + chunk] = res[Columns.ACTIONS].cpu().numpy()
         return out

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from envs import OBS_KEYS
 from envs.baselines import EpisodeStats
 from envs.response import CLICK, PURCHASE
 from rllib_rec.config import ExperimentConfig
-from rllib_rec.offpolicy.logs import LogArrays, LogSchemaError, log_arrays, read_logs
+from rllib_rec.offpolicy.logs import LogArrays, LogSchemaError, log_arrays, read_logs, read_metadata
 
 __all__ = [
     "OfflineData",
@@ -58,23 +59,35 @@ class OfflineData:
 
 
 def load_offline_data(path: str | Path, cfg: ExperimentConfig) -> OfflineData:
-    """Read ``path`` and check it fits the experiment (same item count and history length as ``cfg.env``,
-    room for every transition in the replay buffer); one-line errors name the file and the mismatch."""
+    """Read ``path`` and check it fits the experiment (the catalog size N, candidate slots K and history length
+    of ``cfg.env``, room for every transition in the replay buffer); one-line errors name the file and the
+    mismatch. The sizes are checked from the file's metadata, before any row is read."""
     p = Path(path)
+    _check_log_fits(p, read_metadata(p), cfg)
     arrays = log_arrays(read_logs(p))
     if arrays.n_rows == 0:
         raise LogSchemaError(f"{p}: no logged transitions")
-    n_items, history = arrays.n_items, arrays.obs["items"].shape[1]
-    if n_items != cfg.env.catalog.n_items:
-        raise LogSchemaError(f"{p}: logs have {n_items} items but env.catalog.n_items is {cfg.env.catalog.n_items}")
-    if history != cfg.env.history_length:
-        raise LogSchemaError(f"{p}: logs have history length {history} but env.history_length is "
-                             f"{cfg.env.history_length}")
-    if arrays.n_rows > cfg.dqn.replay_capacity:
-        # The buffer would silently evict the oldest logged episodes.
-        raise LogSchemaError(f"{p}: {arrays.n_rows} logged transitions exceed dqn.replay_capacity "
-                             f"({cfg.dqn.replay_capacity}); raise it with --set dqn.replay_capacity=N")
     return OfflineData(p, arrays)
+
+
+def _check_log_fits(path: Path, meta: dict[str, Any], cfg: ExperimentConfig) -> None:
+    env = cfg.env
+    if meta["n_items"] != env.catalog.n_items:
+        raise LogSchemaError(f"{path}: logs have {meta['n_items']} items but env.catalog.n_items is "
+                             f"{env.catalog.n_items}")
+    if meta["n_candidates"] != env.n_slots:
+        offered = "every item (env.n_candidates = 0)" if env.n_candidates == 0 else f"env.n_candidates = {env.n_candidates}"
+        hint = "; a version-1 log offers every item at every step, so it fits only env.n_candidates = 0" \
+            if meta["schema_version"] == 1 else ""
+        raise LogSchemaError(f"{path}: logs have {meta['n_candidates']} candidate slots per step but the env offers "
+                             f"{env.n_slots}: {offered}{hint}")
+    if meta["history_length"] != env.history_length:
+        raise LogSchemaError(f"{path}: logs have history length {meta['history_length']} but env.history_length is "
+                             f"{env.history_length}")
+    if meta["num_rows"] > cfg.dqn.replay_capacity:
+        # The buffer would silently evict the oldest logged episodes.
+        raise LogSchemaError(f"{path}: {meta['num_rows']} logged transitions exceed dqn.replay_capacity "
+                             f"({cfg.dqn.replay_capacity}); raise it with --set dqn.replay_capacity=N")
 
 
 def _episode_slices(episode_id: np.ndarray) -> list[slice]:
@@ -84,14 +97,15 @@ def _episode_slices(episode_id: np.ndarray) -> list[slice]:
 
 
 def logs_to_episodes(arrays: LogArrays) -> list[Any]:
-    """One numpy'd ``SingleAgentEpisode`` per logged episode (rows are consecutive and step-ordered; the
-    reader checks that). An episode cut off by the end of the file (neither terminated nor truncated on its
-    last row) is kept as an unfinished episode, so its last transition still bootstraps."""
+    """One numpy'd ``SingleAgentEpisode`` per logged episode, with the env's observations (:data:`envs.OBS_KEYS`)
+    and the logged candidate slots as actions (rows are consecutive and step-ordered; the reader checks that).
+    An episode cut off by the end of the file (neither terminated nor truncated on its last row) is kept as an
+    unfinished episode, so its last transition still bootstraps."""
     from ray.rllib.core.columns import Columns
     from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
     episodes = []
-    keys = ("items", "events", "action_mask")
+    keys = OBS_KEYS
     for sl in _episode_slices(arrays.episode_id):
         n = sl.stop - sl.start
         observations = [{k: arrays.obs[k][i] for k in keys} for i in range(sl.start, sl.stop)]
