@@ -1,6 +1,6 @@
 """Validate the OPE estimators on simulated logs, where the true value is known. Prints two tables.
 
-    python bench/ope.py [--reps 50] [--rows 2000] [--n-bootstrap 200] [--skip-sequential]
+    python bench/ope.py [--reps 50] [--rows 2000] [--n-bootstrap 200] [--skip-sequential] [--skip-scale]
 
 1. Single-step bandit (``configs/seed.yaml`` with ``env.max_steps=1``): for each (logging policy, target)
    pair, ``--reps`` independent logs of ``--rows`` episodes are collected through ``collect_logs`` (the
@@ -12,6 +12,10 @@
    against the target's true mean return from on-simulator rollouts. Shows that per-step (myopic)
    estimates are biased for the sequential value and that the unbiased importance-sampling ones pay with
    variance that grows with the horizon.
+3. Scale (``large``: 10,000 items and ``xl``: 1,000,000 items, K = 100 candidates per step): the cost of
+   collecting ``--scale-episodes`` episodes of epsilon-greedy(history, 0.3), reading the log, the history
+   target's distribution and ``ope``'s estimators with 1,000 bootstrap samples, and the estimators' peak
+   memory (tracemalloc). Nothing in a row or an estimator is sized by the catalog, so the two should match.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +48,8 @@ def one_step_truth(env_config: EnvConfig, target: str, n_users: int, seed: int =
     v = np.empty(n_users)
     for i in range(n_users):
         obs, _ = env.reset(seed=seed + i)
-        a = policy(obs, env, rng)
-        v[i] = env.response.expected_reward(env.user, np.array([a]), env.t)[0]
+        item = obs["candidates"][policy(obs, env, rng)]  # the policy picks a candidate slot
+        v[i] = env.response.expected_reward(env.user, np.array([item]), env.t)[0]
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(n_users))
 
 
@@ -130,6 +135,34 @@ def sequential_table(args: argparse.Namespace, tmp: Path) -> str:
     return format_table(head, rows)
 
 
+def scale_table(args: argparse.Namespace, tmp: Path) -> str:
+    rows = []
+    for preset in ("large", "xl"):
+        cfg = load_config(ROOT / "configs" / "large.yaml", [f"env.preset={preset}"]).env
+        env = ECommerceEnv(cfg)
+        path = tmp / f"{preset}.parquet"
+        t0 = time.perf_counter()
+        collected = collect_logs(path, cfg, make_behaviour("epsilon-greedy", env, epsilon=0.3), args.scale_episodes)
+        t1 = time.perf_counter()
+        arrays = log_arrays(read_logs(path))
+        t2 = time.perf_counter()
+        pi = target_distribution(arrays, "history", env)
+        t3 = time.perf_counter()
+        tracemalloc.start()
+        evaluate_logs(arrays, pi, n_bootstrap=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        t4 = time.perf_counter()
+        rows.append([preset, f"{env.n_items:,}", env.n_candidates, f"{collected.rows:,}",
+                     f"{path.stat().st_size / collected.rows:,.0f}", f"{t1 - t0:.1f}", f"{t2 - t1:.2f}",
+                     f"{t3 - t2:.2f}", f"{t4 - t3:.1f}", f"{peak / 2**20:.0f}"])
+        path.unlink()
+        print(f"  scale: {preset} done", file=sys.stderr)
+    head = ["preset", "items", "K", "rows", "file B/row", "collect s", "read s", "target s", "ope s (1000 boot)",
+            "ope peak MiB"]
+    return format_table(head, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=50, help="single-step replications per (logging, target)")
@@ -141,6 +174,8 @@ def main() -> None:
     ap.add_argument("--truth-episodes", type=int, default=5000, help="rollouts for the sequential truth")
     ap.add_argument("--skip-sequential", action="store_true")
     ap.add_argument("--skip-coverage", action="store_true")
+    ap.add_argument("--scale-episodes", type=int, default=300, help="logged episodes per preset for the scale table")
+    ap.add_argument("--skip-scale", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -152,6 +187,9 @@ def main() -> None:
             print(f"\nSequential (full episodes): {args.seq_reps} replications x {args.seq_episodes} episodes; "
                   "target = history baseline (greedy)")
             print(sequential_table(args, Path(d)))
+        if not args.skip_scale:
+            print(f"\nScale: {args.scale_episodes} logged episodes per preset; target = history baseline (greedy)")
+            print(scale_table(args, Path(d)))
     print(f"\n({time.perf_counter() - t0:.0f}s)")
 
 

@@ -93,7 +93,7 @@ def test_ope_on_large(large: LargeShop, capsys) -> None:
 def test_xl_rows_take_the_bytes_of_large_rows(large: LargeShop, tmp_path: Path) -> None:
     """1,000,000 items, the same K = 100 and history: the same bytes per logged row as 10,000 items."""
     xl = tmp_path / "xl.parquet"
-    assert main(["collect", "--config", str(ROOT / "configs" / "xl.yaml"), "--set", "env.max_steps=5", "--policy",
+    assert main(["collect", "--config", str(LARGE), "--set", "env.preset=xl", "--set", "env.max_steps=5", "--policy",
                  "random", "--episodes", "3", "--out", str(xl)]) == 0
     meta = read_metadata(xl)
     assert (meta["n_items"], meta["n_candidates"]) == (1_000_000, 100)
