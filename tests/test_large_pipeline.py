@@ -90,8 +90,8 @@ def test_ope_on_large(large: LargeShop, capsys) -> None:
         assert {"IPS", "SNIPS", "DM", "DR", "PDIS (episode return)"} <= set(rows)
 
 
-def test_xl_rows_take_the_bytes_of_large_rows(large: LargeShop, tmp_path: Path) -> None:
-    """1,000,000 items, the same K = 100 and history: the same bytes per logged row as 10,000 items."""
+def test_xl_rows_take_the_bytes_of_large_rows(large: LargeShop, tmp_path: Path, capsys) -> None:
+    """1,000,000 items, the same K = 100 and history: the same bytes per logged row as 10,000 items; ope runs."""
     xl = tmp_path / "xl.parquet"
     assert main(["collect", "--config", str(LARGE), "--set", "env.preset=xl", "--set", "env.max_steps=5", "--policy",
                  "random", "--episodes", "3", "--out", str(xl)]) == 0
@@ -101,6 +101,9 @@ def test_xl_rows_take_the_bytes_of_large_rows(large: LargeShop, tmp_path: Path) 
     assert read_logs(xl).schema.equals(read_logs(large.logs).schema, check_metadata=False)  # no column sized by N
     per_row = _fixed_width_bytes_per_row(xl), _fixed_width_bytes_per_row(large.logs)
     assert abs(per_row[0] - per_row[1]) < 1 and per_row[0] < 1_500, per_row  # ~1,400 B: 4 x 20 x 4 + 2 x 100 x 5 + ...
+    capsys.readouterr()
+    assert main(["ope", "--logs", str(xl), "--policy", "history", "--n-bootstrap", "20"]) == 0
+    assert "15 rows, 3 episodes" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("overrides", "problem"), [
