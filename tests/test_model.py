@@ -156,7 +156,7 @@ def test_hashed_ids_bound_the_trainable_table_and_unseen_items_are_not_blank():
     assert q_model_weights(m)["item_embedding/embeddings"].shape == (64, s.embed_dim)
     # Two items sharing a bucket still differ through their side features.
     a, b = np.flatnonzero(table[1:, 0] == table[1, 0])[:2] + 1
-    differ = np.flatnonzero((table[a, 1:] != table[b, 1:]))
+    differ = np.flatnonzero(table[a, 1:] != table[b, 1:])
     vec = m.get_layer("item_embedding")
     va, vb = (vec(torch.tensor([[t]], dtype=torch.int32)).detach().numpy() for t in (a, b))
     assert (not np.allclose(va, vb)) == (differ.size > 0)

@@ -33,16 +33,12 @@ from keras import layers, ops
 from envs import OBS_KEYS
 from envs.catalog import Catalog
 from envs.config import CatalogConfig
-from rllib_rec.agent.spec import QNetSpec
+from rllib_rec.agent.spec import MASKED_Q, QNetSpec
 
 __all__ = ["MASKED_Q", "INPUTS", "QNetSpec", "build_q_model", "item_table", "load_q_model_weights",
            "q_model_weights"]
 
 INPUTS = OBS_KEYS  # items, events, candidates, candidate_mask
-# Value written into the Q-vector for invalid slots. Finite on purpose: `q + (mask - 1) * inf` produces NaN
-# where mask == 1 (0 * inf), and the TFLite converter turns -inf into -3.4e38 anyway. 1e9 is far below any
-# achievable return yet far from float32 overflow when something downstream sums or averages Q-values.
-MASKED_Q: float = -1e9
 # Multiplicative hash of an item token into the id buckets (Knuth's constant): deterministic across
 # processes and backends, computed once in numpy when the table is built.
 _HASH = np.uint64(2654435761)

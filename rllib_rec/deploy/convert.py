@@ -26,9 +26,9 @@ __all__ = ["SIGNATURE", "INPUTS", "MASKED_THRESHOLD", "tflite_ops"]
 
 SIGNATURE = "serving_default"
 INPUTS = ("items", "events", "candidates", "candidate_mask")
-# Entries of the Q-vector for non-candidates are MASKED_Q = -1e9 (rllib_rec.agent.model); anything above this
+# Entries of the Q-vector for invalid slots are MASKED_Q = -3e4 (rllib_rec.agent.model); anything above this
 # threshold in a masked slot means the mask was lost in conversion.
-MASKED_THRESHOLD = -1e8
+MASKED_THRESHOLD = -1e4
 
 
 # --------------------------------------------------------------------------------------------- child

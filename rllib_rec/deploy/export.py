@@ -32,6 +32,7 @@ import numpy as np
 
 from envs import EVENT_NAMES, ECommerceEnv
 from rllib_rec.agent.runtime import set_torch_threads
+from rllib_rec.agent.spec import MASKED_Q
 from rllib_rec.deploy.convert import INPUTS, SIGNATURE, tflite_ops
 from rllib_rec.errors import ExportError
 from rllib_rec.training.checkpoints import (
@@ -364,7 +365,7 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
         "item_ids": (f"0..{spec['n_items'] - 1}; history items enter the model as tokens i + 1 (0 = padding), "
                      "oldest first and left-padded; candidates as item ids in n_candidates slots with a mask"),
         "event_codes": {name: code for code, name in enumerate(event_names)},
-        "masked_q": -1e9,
+        "masked_q": MASKED_Q,
         "model_spec": spec,
         "config_name": cfg.name,
         "config_hash": cfg.config_hash(),
