@@ -68,7 +68,8 @@ class Catalog:
 
     _cache: ClassVar[OrderedDict[tuple, Catalog]] = OrderedDict()
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
-    CACHE_SIZE: ClassVar[int] = 8
+    CACHE_SIZE: ClassVar[int] = 8  # catalogs kept by shared() ...
+    CACHE_ITEMS: ClassVar[int] = 20_000_000  # ... and items in them all (the newest is always kept)
 
     def __init__(self, config: CatalogConfig) -> None:
         # The draws (and their order) are the ones the catalog always made, so a seed's shop stays the same shop.
@@ -150,7 +151,8 @@ class Catalog:
 
     @classmethod
     def shared(cls, config: CatalogConfig) -> Catalog:
-        """The process-wide catalog for ``config`` (built once per distinct config; a few are kept)."""
+        """The process-wide catalog for ``config`` (built once per distinct config; the most recently used few are
+        kept, up to ``CACHE_SIZE`` catalogs and ``CACHE_ITEMS`` items)."""
         key = dataclasses.astuple(config)
         with cls._cache_lock:
             catalog = cls._cache.get(key)
@@ -161,7 +163,9 @@ class Catalog:
         with cls._cache_lock:
             catalog = cls._cache.setdefault(key, catalog)
             cls._cache.move_to_end(key)
-            while len(cls._cache) > cls.CACHE_SIZE:
+            while len(cls._cache) > 1 and (
+                len(cls._cache) > cls.CACHE_SIZE or sum(c.n_items for c in cls._cache.values()) > cls.CACHE_ITEMS
+            ):
                 cls._cache.popitem(last=False)
         return catalog
 
