@@ -128,21 +128,24 @@ def test_weight_roundtrip_by_path_and_strict_load(model):
 def test_item_table_holds_id_rows_and_side_features():
     from envs import Catalog
     from envs.config import CatalogConfig
+    from rllib_rec.agent.model import feature_offsets
 
     s = spec(item_features=("category", "price_band", "popularity_band"), catalog=CATALOG)
     table = item_table(s)
+    off = feature_offsets(s)
     cat = Catalog.shared(CatalogConfig(**CATALOG))
     assert table.shape == (N + 1, 4) and table.dtype == np.int32
+    assert off == [0, N + 1, N + 1 + 5, N + 1 + 5 + s.n_price_bands + 1,
+                   N + 1 + 5 + s.n_price_bands + 1 + s.n_popularity_bands + 1]
     np.testing.assert_array_equal(table[:, 0], np.arange(N + 1))  # one id row per token
-    np.testing.assert_array_equal(table[1:, 1], cat.category)
-    np.testing.assert_array_equal(table[1:, 2], cat.price_band)
-    np.testing.assert_array_equal(table[1:, 3], cat.popularity_band)
-    np.testing.assert_array_equal(table[0, 1:], [4, s.n_price_bands, s.n_popularity_bands])  # padding: own value
+    np.testing.assert_array_equal(table[1:, 1] - off[1], cat.category)
+    np.testing.assert_array_equal(table[1:, 2] - off[2], cat.price_band)
+    np.testing.assert_array_equal(table[1:, 3] - off[3], cat.popularity_band)
+    np.testing.assert_array_equal(table[0, 1:] - off[1:4], [4, s.n_price_bands, s.n_popularity_bands])  # padding
     m = build_q_model(s)
     trainable = {v.path for v in m.trainable_weights}
-    assert "item_embedding/token_table" not in trainable
-    assert {"item_embedding/category_embeddings", "item_embedding/price_band_embeddings",
-            "item_embedding/popularity_band_embeddings"} <= trainable
+    assert "item_embedding/token_table" not in trainable and "item_embedding/embeddings" in trainable
+    assert q_model_weights(m)["item_embedding/embeddings"].shape == (off[-1], s.embed_dim)
 
 
 def test_hashed_ids_bound_the_trainable_table_and_unseen_items_are_not_blank():
@@ -153,12 +156,13 @@ def test_hashed_ids_bound_the_trainable_table_and_unseen_items_are_not_blank():
     assert table[0, 0] == 0 and table[1:, 0].min() >= 1 and table[1:, 0].max() <= 63
     assert len(np.unique(table[1:, 0])) > 50  # the hash spreads items over the buckets
     m = build_q_model(s)
-    assert q_model_weights(m)["item_embedding/embeddings"].shape == (64, s.embed_dim)
+    assert q_model_weights(m)["item_embedding/embeddings"].shape[0] == 64 + 5 + 9 + 17  # id + feature rows
+    assert q_model_weights(m)["item_embedding/bias"].shape == (64,)
     # Two items sharing a bucket still differ through their side features.
     a, b = np.flatnonzero(table[1:, 0] == table[1, 0])[:2] + 1
     differ = np.flatnonzero(table[a, 1:] != table[b, 1:])
-    vec = m.get_layer("item_embedding")
-    va, vb = (vec(torch.tensor([[t]], dtype=torch.int32)).detach().numpy() for t in (a, b))
+    layer = m.get_layer("item_embedding")
+    va, vb = (layer(torch.tensor([[t]], dtype=torch.int32))[0].detach().numpy() for t in (a, b))
     assert (not np.allclose(va, vb)) == (differ.size > 0)
 
 

@@ -107,7 +107,16 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
     It swaps the combined weight into ``batch["weights"]`` (the stock loss multiplies exactly that
     column into the per-sample loss) and delegates to the stock loss, so double-Q, n-step, terminal
     masking, TD-error logging and hence PER priority updates stay RLlib's own code.
+
+    Its optimiser is Adam over the trainable parameters only (the network's constant item table is a
+    parameter too) with torch's fused kernel: the stock per-tensor Adam took ~5 ms a step on these ~40
+    small tensors on one CPU core, the fused one ~1 ms (same update).
     """
+
+    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        params = [p for p in self.get_parameters(self._module[module_id]) if p.requires_grad]
+        self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(params, fused=True),
+                                params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict, fwd_out: dict

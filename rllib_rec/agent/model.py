@@ -45,8 +45,9 @@ _HASH = np.uint64(2654435761)
 
 
 def item_table(spec: QNetSpec) -> np.ndarray:
-    """The constant per-token table [N + 1, 1 + F] int32: the token's id-embedding row, then one column per
-    item feature (row 0 is padding: id row 0 and each feature's own padding value, its cardinality)."""
+    """The constant per-token table [N + 1, 1 + F] int32 of rows of the combined embedding table: the token's
+    id row, then one column per item feature, each feature's rows after the id rows and the earlier features'
+    (row 0 / each feature's last row: padding). ``feature_offsets`` gives where each column's rows start."""
     n = spec.n_items
     table = np.zeros((n + 1, 1 + len(spec.item_features)), dtype=np.int32)
     tokens = np.arange(n + 1, dtype=np.uint64)
@@ -54,15 +55,23 @@ def item_table(spec: QNetSpec) -> np.ndarray:
         table[1:, 0] = (1 + (tokens[1:] * _HASH) % np.uint64(spec.id_buckets - 1)).astype(np.int32)
     else:
         table[:, 0] = tokens.astype(np.int32)
-    if spec.catalog is None:  # the values come with the weights (export)
-        return table
-    catalog = Catalog.shared(CatalogConfig(**spec.catalog))
+    offsets = feature_offsets(spec)
+    catalog = None if spec.catalog is None else Catalog.shared(CatalogConfig(**spec.catalog))
     for j, (name, size) in enumerate(_feature_sizes(spec).items(), start=1):
-        values = {"category": catalog.category, "price_band": catalog.price_band,
-                  "popularity_band": catalog.popularity_band}[name]
-        table[0, j] = size
-        table[1:, j] = values
+        table[0, j] = offsets[j] + size  # padding's own row
+        if catalog is not None:  # else the values come with the weights (export)
+            values = {"category": catalog.category, "price_band": catalog.price_band,
+                      "popularity_band": catalog.popularity_band}[name]
+            table[1:, j] = offsets[j] + values.astype(np.int32)
     return table
+
+
+def feature_offsets(spec: QNetSpec) -> list[int]:
+    """First row of each column of :func:`item_table` in the combined embedding table, and its total rows."""
+    offsets = [0, spec.id_rows]
+    for size in _feature_sizes(spec).values():
+        offsets.append(offsets[-1] + size + 1)
+    return offsets
 
 
 def _feature_sizes(spec: QNetSpec) -> dict[str, int]:
@@ -95,7 +104,8 @@ class PositionalEmbedding(layers.Layer):
 @keras.saving.register_keras_serializable(package="rllib_rec")
 class ItemRepresentation(layers.Layer):
     """Item vectors: a learned id embedding plus a learned embedding of each side feature (category, price
-    band, popularity band), read through one constant int32 table of token -> (id row, features).
+    band, popularity band), read through one constant int32 table of token -> rows. The id and feature
+    embeddings are one table, so an item's vector is one gather and one sum (and one sparse-row gradient).
 
     Shop metadata lets what is learned about one item transfer to others of its kind at once, instead of
     being rediscovered item by item from rewards, and gives an unseen item a meaningful vector. Tokens:
@@ -106,35 +116,22 @@ class ItemRepresentation(layers.Layer):
     def __init__(self, spec: QNetSpec, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
-        self.feature_sizes = _feature_sizes(spec)
 
     def build(self, input_shape=None):
         spec = self.spec
         table = item_table(spec)
         self.token_table = self.add_weight(name="token_table", shape=table.shape, dtype="int32",
                                            initializer=keras.initializers.Constant(table), trainable=False)
-        init = keras.initializers.RandomUniform(-0.05, 0.05)
-        self.embeddings = self.add_weight(name="embeddings", shape=(spec.id_rows, spec.embed_dim),
-                                          initializer=init, trainable=True)
+        self.embeddings = self.add_weight(name="embeddings", shape=(feature_offsets(spec)[-1], spec.embed_dim),
+                                          initializer=keras.initializers.RandomUniform(-0.05, 0.05), trainable=True)
         self.bias = self.add_weight(name="bias", shape=(spec.id_rows,), initializer="zeros", trainable=True)
-        self.feature_embeddings = [
-            self.add_weight(name=f"{name}_embeddings", shape=(size + 1, spec.embed_dim), initializer=init,
-                            trainable=True)
-            for name, size in self.feature_sizes.items()
-        ]
 
-    def call(self, tokens, output: str = "vector"):
-        """``"vector"``: [..., D] item vectors; ``"rows"``: [..., 1 + F] int32 id row and feature values;
-        ``"bias"``: [...] the items' learned bias."""
+    def call(self, tokens):
+        """``(vectors [..., D], rows [..., 1 + F] int32, bias [...])``: the items' vectors, their rows in the
+        combined table (equal rows in a column = equal feature values) and their learned bias."""
         rows = ops.take(self.token_table, tokens, axis=0)  # [..., 1 + F]
-        if output == "rows":
-            return rows
-        if output == "bias":
-            return ops.take(self.bias, rows[..., 0], axis=0)
-        vec = ops.take(self.embeddings, rows[..., 0], axis=0)  # [..., D]
-        for j, table in enumerate(self.feature_embeddings, start=1):
-            vec = vec + ops.take(table, rows[..., j], axis=0)
-        return vec
+        vectors = ops.sum(ops.take(self.embeddings, rows, axis=0), axis=-2)  # [..., 1 + F, D] -> [..., D]
+        return vectors, rows, ops.take(self.bias, rows[..., 0], axis=0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "spec": self.spec.to_dict()}
@@ -221,14 +218,13 @@ def _history_category_features(candidate_categories, history_categories, events,
     return ops.matmul(_same(candidate_categories, history_categories), feats)  # [B, K, 3E]
 
 
-def _encode_history(spec: QNetSpec, item_repr: ItemRepresentation, items, events):
-    """The history as a [B, D] user vector, plus its item vectors [B, T, D] and validity [B, T].
+def _encode_history(spec: QNetSpec, item_vectors, items, events):
+    """The history (its item vectors [B, T, D] and events) as a [B, D] user vector, and its validity [B, T].
 
     Padding (item token 0) is masked out of attention keys and out of the mean pooling. A fully padded
     (cold-start) history would leave no key to attend to, which is NaN in softmax/SDPA; in that case the mask
     falls back to "all positions", so a cold-start user gets a learned representation, not NaN.
     """
-    item_vectors = item_repr(items)  # [B, T, D]
     x = item_vectors + layers.Embedding(spec.n_event_types, spec.embed_dim, name="event_embedding")(events)
     x = PositionalEmbedding(spec.history_length, spec.embed_dim, name="position_embedding")(x)  # [B, T, D]
     if spec.dropout > 0:
@@ -244,7 +240,7 @@ def _encode_history(spec: QNetSpec, item_repr: ItemRepresentation, items, events
     h = pooled
     for j, units in enumerate(spec.mlp_hidden):
         h = layers.Dense(units, activation="relu", name=f"mlp_{j}")(h)  # [B, H]
-    return h, item_vectors, valid
+    return h, valid
 
 
 def _encoder_block(x, attention_mask, spec: QNetSpec, index: int):
@@ -261,29 +257,30 @@ def _encoder_block(x, attention_mask, spec: QNetSpec, index: int):
     return layers.LayerNormalization(epsilon=1e-6, name=f"ln2_{index}")(x + ff)  # [B, T, D]
 
 
-def _candidate_scores(spec: QNetSpec, item_repr: ItemRepresentation, h, items, events, item_vectors, valid,
-                      candidate_tokens):
+def _candidate_scores(spec: QNetSpec, h, events, valid, history: tuple, candidates: tuple, tokens: tuple):
     """[B, K] advantage-like score of each candidate: a tied dot product with the user vector plus the item's
-    bias, plus a small MLP over per-candidate evidence read straight from the history."""
+    bias, plus a small MLP over per-candidate evidence read straight from the history. ``history`` and
+    ``candidates`` are (vectors, rows, bias) of the history items and the candidates; ``tokens`` their tokens."""
     head = "advantage" if spec.dueling else "q"
-    candidate_vectors = item_repr(candidate_tokens)  # [B, K, D]
+    (item_vectors, item_rows, _), (cand_vectors, cand_rows, cand_bias) = history, candidates
+    items, candidate_tokens = tokens
     query = layers.Dense(spec.embed_dim, name=f"{head}_query")(h)  # [B, D]
     # Tied to the input representation (as in SASRec): what the encoder learns about an item from the
     # history transfers directly to scoring it.
-    scores = ops.sum(ops.expand_dims(query, 1) * candidate_vectors, axis=-1) + item_repr(candidate_tokens, output="bias")
+    scores = ops.sum(ops.expand_dims(query, 1) * cand_vectors, axis=-1) + cand_bias  # [B, K]
     per_candidate = []
     if spec.history_features:
         per_candidate.append(_history_item_features(candidate_tokens, items, events, spec.n_event_types))
     if spec.history_affinity:
         per_candidate.append(HistoryAffinity(name="history_affinity")(
-            candidate_vectors, item_vectors, valid, _event_features(events, spec.n_event_types)))
+            cand_vectors, item_vectors, valid, _event_features(events, spec.n_event_types)))
     if spec.category_features:
         col = 1 + spec.item_features.index("category")
-        per_candidate.append(_history_category_features(
-            item_repr(candidate_tokens, output="rows")[..., col], item_repr(items, output="rows")[..., col], events, spec.n_event_types))
+        per_candidate.append(_history_category_features(cand_rows[..., col], item_rows[..., col], events,
+                                                        spec.n_event_types))
     if spec.item_context and per_candidate:
         user = layers.Dense(spec.embed_dim, name="item_context_user")(h)  # [B, D]
-        per_candidate.append(ops.expand_dims(user, 1) * candidate_vectors)  # [B, K, D]
+        per_candidate.append(ops.expand_dims(user, 1) * cand_vectors)  # [B, K, D]
     if per_candidate:
         feats = per_candidate[0] if len(per_candidate) == 1 else ops.concatenate(per_candidate, axis=-1)
         hidden = layers.Dense(16, activation="relu", name="history_item_hidden")(feats)  # [B, K, 16]
@@ -298,12 +295,16 @@ def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     candidates = keras.Input(shape=(spec.n_candidates,), dtype="int32", name="candidates")  # [B, K]
     candidate_mask = keras.Input(shape=(spec.n_candidates,), dtype="int32", name="candidate_mask")  # [B, K]
 
-    item_repr = ItemRepresentation(spec, name="item_embedding")
-    h, item_vectors, valid = _encode_history(spec, item_repr, items, events)
     # Every slot is scored as a real item (an invalid slot's id is 0 or an out-of-stock item) and masked at
     # the end, so the dueling mean is over all K slots, as it was over all items before candidate sets.
     candidate_tokens = candidates + 1  # [B, K]
-    scores = _candidate_scores(spec, item_repr, h, items, events, item_vectors, valid, candidate_tokens)
+    # One lookup for the history's items and the candidates: one gather, one gradient into the table.
+    looked_up = ItemRepresentation(spec, name="item_embedding")(ops.concatenate([items, candidate_tokens], axis=1))
+    t = spec.history_length
+    history = tuple(x[:, :t] for x in looked_up)  # vectors [B, T, D], rows [B, T, 1 + F], bias [B, T]
+    cands = tuple(x[:, t:] for x in looked_up)  # the same for the K candidates
+    h, valid = _encode_history(spec, history[0], items, events)
+    scores = _candidate_scores(spec, h, events, valid, history, cands, (items, candidate_tokens))
 
     if spec.dueling:
         value = layers.Dense(1, name="value")(h)  # [B, 1]
@@ -311,7 +312,7 @@ def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     else:
         value, q = None, scores
     if spec.value_ledger:
-        ledger = EngagementLedger(spec.n_event_types, spec.embed_dim, name="value_ledger")(item_vectors, events, valid)
+        ledger = EngagementLedger(spec.n_event_types, spec.embed_dim, name="value_ledger")(history[0], events, valid)
         value = ledger if value is None else value + ledger
     if value is not None:
         q = value + q  # [B, K]
