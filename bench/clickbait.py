@@ -29,19 +29,21 @@ from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 
 
 class WithoutItems:
-    """Delegates greedy inference to ``module`` with ``items`` removed from every action mask."""
+    """Delegates greedy inference to ``module`` with ``items`` (a bool per catalog item) masked out of every
+    candidate set."""
 
     def __init__(self, module: Any, items: np.ndarray) -> None:
         import torch
 
         self.module = module
-        self.keep = torch.from_numpy(~items)  # [A] bool
+        self.keep = torch.from_numpy(~items)  # [N] bool
 
     def forward_inference(self, batch: dict[str, Any]) -> dict[str, Any]:
         from ray.rllib.core.columns import Columns
 
         obs = dict(batch[Columns.OBS])
-        obs["action_mask"] = (obs["action_mask"].bool() & self.keep).to(obs["action_mask"].dtype)
+        keep = self.keep[obs["candidates"].long()]  # [B, K]
+        obs["candidate_mask"] = (obs["candidate_mask"].bool() & keep).to(obs["candidate_mask"].dtype)
         return self.module.forward_inference({**batch, Columns.OBS: obs})
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 BATCHES = (1, 32, 256)
-_INPUTS = ("items", "events", "action_mask")
+_INPUTS = ("items", "events", "candidates", "candidate_mask")
 
 
 def _lat_stats(samples_ns: list[int]) -> tuple[float, float]:
@@ -164,7 +164,7 @@ def _bodies(obs: dict[str, np.ndarray], n: int) -> list[bytes]:
     for i in range(n):
         keep = obs["items"][i] > 0
         out.append(json.dumps({"items": (obs["items"][i][keep] - 1).tolist(), "events": obs["events"][i][keep].tolist(),
-                               "candidates": np.flatnonzero(obs["action_mask"][i]).tolist(), "k": 10}).encode())
+                               "candidates": obs["candidates"][i][obs["candidate_mask"][i] > 0].tolist(), "k": 10}).encode())
     return out
 
 

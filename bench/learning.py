@@ -1,18 +1,26 @@
-"""Learning benchmark: train on `seed` and `default`, print greedy return vs env steps and wall time next to
-random / myopic oracle / planning oracle, and the training throughput.
+"""Learning benchmark: train a preset's shipped config on several training seeds and measure each final agent
+on many held-out users, beside a learned one-step agent, the `history` baseline and both oracles.
 
-    python bench/learning.py [--presets seed default] [--episodes 1000] [--final-episodes 10000]
-                             [--set KEY=VALUE ...]
+    python bench/learning.py [--presets default] [--seeds 100 101 102 103 104] [--episodes 10000]
+                             [--eval-seed 7000000] [--no-one-step] [--set KEY=VALUE ...] [--output-dir DIR]
 
-Each preset trains its shipped config (configs/<preset>.yaml) from scratch; every checkpoint's greedy policy
-is evaluated on the same held-out seeds as the baselines. "95% CI (paired)" is a bootstrap over those users of
-the ratio to the myopic oracle: at 500 episodes it is about ±5 points wide, so a single few-hundred-episode
-number says little (a checkpoint measured at 96.9% on 300 episodes was 89.7% on 3,000). "clickbait" is the
-share of recommendations that were clickbait items: the myopic oracle recommends them, the planning oracle
-avoids them. The final checkpoint is then measured once more on ``--final-episodes`` users (default 10,000,
-the same seeds extended) against the myopic oracle on the same users: the per-checkpoint rows, on 1,000 users,
-move by 1-1.5 points between disjoint sets of 1,000 users, too much to judge a 95% target from one row.
-Takes ~15-20 minutes on 2 cores.
+The protocol (docs/benchmarks.md says which seeds were used for tuning and which for reporting):
+
+* every training seed (``run.seed``) trains configs/<preset>.yaml from scratch; its final checkpoint (or the
+  one it selected on validation seeds) plays ``--episodes`` users (default 10,000) from ``--eval-seed`` on,
+  a range that no training run, validation or tuning uses (training seeds are < 10^6, validation 2*10^6+,
+  run.eval_seed 10^6+);
+* the same users meet the myopic oracle (reads the hidden user, maximises the immediate reward), the planning
+  oracle (one-step lookahead that values patience and purchase intent) and the `history` baseline, so the
+  ratios are paired: "95% CI" is a bootstrap over users of mean(agent) / mean(myopic oracle);
+* with the one-step agent on (default), each seed also trains the same config with ``dqn.gamma=0`` (a learned
+  next-reward recommender: same network, data and updates) and plays the same users; "vs one-step" is the
+  ratio of the two agents' returns, and the summary gives the mean over seeds of the per-seed difference
+  with a 95% t-interval over seeds;
+* "clickbait" is the share of recommendations that were clickbait items (the myopic oracle recommends them,
+  the planning oracle avoids them).
+
+A run of `default` takes ~8 minutes per training seed (twice that with the one-step agent) on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,14 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from scipy import stats as scipy_stats
 
 from rllib_rec.agent.runtime import use_torch_keras_backend
 
 use_torch_keras_backend()
 
-from envs.baselines import BASELINES, run_episodes  # noqa: E402
-from rllib_rec.config import ExperimentConfig  # noqa: E402
+from envs.baselines import BASELINES, EpisodeStats, run_episodes  # noqa: E402
+from rllib_rec.config import ExperimentConfig, load_config  # noqa: E402
 from rllib_rec.stats import ratio_of_means_ci  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
 from rllib_rec.training.checkpoints import checkpoint_config, load_module  # noqa: E402
@@ -35,79 +47,104 @@ from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
 from rllib_rec.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
+BASELINE_NAMES = ("history", "myopic_oracle", "planning_oracle")
 
 
-def bench_preset(preset: str, episodes: int, overrides: list[str], out: Path, final_episodes: int = 0) -> list[str]:
-    res = train(str(ROOT / "configs" / f"{preset}.yaml"), [f"run.output_dir={out}", *overrides],
-                log=lambda s: print(f"  [{preset}] {s}", flush=True) if s.startswith("iter") else None)
-    cfg = checkpoint_config(res.checkpoint)
-    seed = cfg.run.eval_seed
-    base_stats = {n: run_episodes(cfg.env, BASELINES[n], episodes, seed=seed)
-                  for n in ("random", "myopic_oracle", "planning_oracle")}
-    base = {n: float(st.returns.mean()) for n, st in base_stats.items()}
-    bait = {n: st.summary()["clickbait_share"] for n, st in base_stats.items()}
-    history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    wall = {h["iteration"]: sum(x["seconds"] for x in history if x["iteration"] <= h["iteration"]) for h in history}
-    steps = {h["iteration"]: h["env_steps"] for h in history}
-    validation = json.loads((res.run_dir / "state.json").read_text()).get("validation", {})
-    rows, selected = [], None
-    for ckpt in sorted((res.run_dir / "checkpoints").glob("iter_*")):
-        it = int(ckpt.name.split("_")[1])
-        stats = evaluate_module(load_module(ckpt), cfg.env, episodes, seed)
-        s, r = stats.summary(), float(stats.returns.mean())
-        lo, hi = ratio_of_means_ci(stats.returns, base_stats["myopic_oracle"].returns)
-        v = validation.get(ckpt.name)
-        rows.append([preset, it, f"{steps[it]:,.0f}", f"{wall[it]:.0f}", "-" if v is None else f"{v:.2f}",
-                     f"{r:.2f} ± {s['return_ci95']:.2f}", f"{100 * r / base['myopic_oracle']:.1f}%",
-                     f"{100 * lo:.1f}–{100 * hi:.1f}%",
-                     f"{100 * r / base['planning_oracle']:.1f}%", f"{s['clickbait_share']:.3f}"])
-        if ckpt == res.checkpoint and validation:
-            selected = rows[-1]
-    total_steps, total_wall = history[-1]["env_steps"], wall[history[-1]["iteration"]]
-    lines = [format_table(["preset", "iter", "env steps", "wall s", "validation", "greedy return", "% myopic",
-                           "95% CI (paired)",
-                           "% planning", "clickbait"], rows),
-             f"{preset}: random {base['random']:.2f}  myopic oracle {base['myopic_oracle']:.2f}  "
-             f"planning oracle {base['planning_oracle']:.2f}  ({episodes} held-out episodes, seeds {seed}+)",
-             f"{preset}: share of clickbait recommendations: random {bait['random']:.3f}  myopic oracle "
-             f"{bait['myopic_oracle']:.3f}  planning oracle {bait['planning_oracle']:.3f}",
-             f"{preset}: training throughput {total_steps / total_wall:,.0f} env steps/s "
-             f"(replay ratio {cfg.dqn.training_intensity}, {cfg.run.num_envs_per_env_runner} envs, "
-             f"{cfg.run.num_env_runners} remote env runners)"]
-    if final_episodes > 0:
-        lines.append(final_line(preset, res.checkpoint, cfg, final_episodes, seed))
-    if selected is not None:
-        lines.append(f"{preset}: selected on validation ({cfg.run.validation_episodes} episodes, seeds "
-                     f"{cfg.run.validation_seed}+): iter {selected[1]}, held-out return {selected[5]} = "
-                     f"{selected[6]} of myopic ({selected[7]}), {selected[8]} of planning")
+@dataclass
+class Run:
+    seed: int
+    agent: EpisodeStats
+    one_step: EpisodeStats | None
+    env_steps_per_s: float
+    checkpoint: str
+
+
+def train_and_measure(preset: str, seed: int, overrides: list[str], out: Path, episodes: int,
+                      eval_seed: int, gamma0: bool = False) -> tuple[EpisodeStats, float, str]:
+    """Train ``preset`` with ``run.seed=seed`` (and gamma 0 when ``gamma0``); its chosen checkpoint's greedy
+    play on ``episodes`` users from ``eval_seed``, the run's training throughput, the checkpoint path."""
+    tag = f"{preset} seed {seed}{' gamma 0' if gamma0 else ''}"
+    sets = [f"run.output_dir={out}", f"run.seed={seed}", *(["dqn.gamma=0"] if gamma0 else []), *overrides]
+    res = train(str(ROOT / "configs" / f"{preset}.yaml"), sets,
+                log=lambda s: print(f"  [{tag}] {s}", flush=True) if s.startswith(("iter", "wall")) else None)
+    history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rate = (history[-1]["env_steps"] - history[0]["env_steps"]) / sum(h["seconds"] for h in history[1:])
+    print(f"  [{tag}] playing {episodes:,} held-out users ...", flush=True)
+    agent = evaluate_module(load_module(res.checkpoint), checkpoint_config(res.checkpoint).env, episodes, eval_seed)
+    return agent, rate, str(res.checkpoint)
+
+
+def _pct(a: np.ndarray, b: np.ndarray) -> str:
+    lo, hi = ratio_of_means_ci(a, b)
+    return f"{100 * a.mean() / b.mean():.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def report(preset: str, cfg: ExperimentConfig, runs: list[Run], base: dict[str, EpisodeStats], episodes: int,
+           eval_seed: int) -> list[str]:
+    myopic, planning, hist = (base[n].returns for n in ("myopic_oracle", "planning_oracle", "history"))
+    rows = []
+    for r in runs:
+        a = r.agent.returns
+        row = [r.seed, f"{a.mean():.3f}", _pct(a, myopic), f"{100 * a.mean() / planning.mean():.1f}%",
+               f"{a.mean() / hist.mean():.2f}x", f"{r.agent.summary()['clickbait_share']:.3f}"]
+        if r.one_step is not None:
+            o = r.one_step.returns
+            row += [_pct(o, myopic), _pct(a, o), f"{r.one_step.summary()['clickbait_share']:.3f}"]
+        rows.append([*row, f"{r.env_steps_per_s:,.0f}"])
+    headers = ["seed", "return", "% myopic [95% CI]", "% planning", "x history", "clickbait"]
+    if runs and runs[0].one_step is not None:
+        headers += ["one-step % myopic", "vs one-step", "one-step clickbait"]
+    lines = [f"{preset}: {len(runs)} training seed(s), each on {episodes:,} held-out users (seeds {eval_seed}+)",
+             format_table([*headers, "train steps/s"], rows)]
+    ratios = np.array([100 * r.agent.returns.mean() / myopic.mean() for r in runs])
+    lines.append(f"{preset}: mean {ratios.mean():.1f}% of the myopic oracle"
+                 + (f" ± {ratios.std(ddof=1) / np.sqrt(len(ratios)):.1f} (SE over seeds)" if len(ratios) > 1 else "")
+                 + f"; {100 * np.mean([r.agent.returns.mean() for r in runs]) / planning.mean():.1f}% of the planning "
+                 f"oracle; {np.mean([r.agent.returns.mean() for r in runs]) / hist.mean():.2f}x history")
+    if runs and runs[0].one_step is not None:
+        diffs = np.array([100 * (r.agent.returns.mean() / r.one_step.returns.mean() - 1) for r in runs])
+        if len(diffs) > 1:
+            half = scipy_stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+            ci = f" (95% CI over seeds {diffs.mean() - half:+.1f} to {diffs.mean() + half:+.1f})"
+        else:
+            ci = ""
+        lines.append(f"{preset}: the agent earns {diffs.mean():+.1f}% over the one-step agent (gamma 0), paired per "
+                     f"seed{ci}")
+    lines.append(f"{preset}: on the same users: " + "  ".join(
+        f"{n} {base[n].returns.mean():.3f} (clickbait {base[n].summary()['clickbait_share']:.3f})"
+        for n in BASELINE_NAMES))
     return lines
-
-
-def final_line(preset: str, ckpt: Path, cfg: ExperimentConfig, episodes: int, seed: int) -> str:
-    """The final checkpoint on ``episodes`` users beside the myopic oracle on the same users."""
-    print(f"  [{preset}] final checkpoint on {episodes:,} held-out episodes ...", flush=True)
-    agent = evaluate_module(load_module(ckpt), cfg.env, episodes, seed).returns
-    myopic = run_episodes(cfg.env, BASELINES["myopic_oracle"], episodes, seed=seed).returns
-    lo, hi = ratio_of_means_ci(agent, myopic)
-    return (f"{preset}: final checkpoint ({ckpt.name}) on {episodes:,} held-out episodes (seeds {seed}+): "
-            f"return {agent.mean():.2f}, {100 * agent.mean() / myopic.mean():.1f}% of the myopic oracle's "
-            f"{myopic.mean():.2f} (95% CI paired {100 * lo:.1f}–{100 * hi:.1f}%)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["seed", "default"])
-    ap.add_argument("--episodes", type=int, default=1000, help="held-out evaluation episodes per checkpoint")
-    ap.add_argument("--final-episodes", type=int, default=10_000,
-                    help="held-out episodes for the final checkpoint's precise measurement (0 = skip)")
+    ap.add_argument("--presets", nargs="+", default=["default"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103, 104],
+                    help="training seeds (run.seed); report on seeds no tuning used")
+    ap.add_argument("--episodes", type=int, default=10_000, help="held-out users per agent (default 10,000)")
+    ap.add_argument("--eval-seed", type=int, default=7_000_000,
+                    help="first held-out user seed (default 7,000,000: a range no run or tuning touches)")
+    ap.add_argument("--no-one-step", action="store_true", help="skip the gamma-0 agent")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--output-dir", default=None, help="keep runs here (default: a temp dir)")
     args = ap.parse_args()
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench-learning-"))
-    report = []
+    report_lines: list[str] = []
     for preset in args.presets:
-        report += bench_preset(preset, args.episodes, args.overrides, out, args.final_episodes) + [""]
-    print("\n".join(report))
+        cfg = load_config(ROOT / "configs" / f"{preset}.yaml", args.overrides)
+        print(f"[{preset}] baselines on {args.episodes:,} users ...", flush=True)
+        base = {n: run_episodes(cfg.env, BASELINES[n], args.episodes, seed=args.eval_seed) for n in BASELINE_NAMES}
+        runs = []
+        for seed in args.seeds:
+            agent, rate, ckpt = train_and_measure(preset, seed, args.overrides, out, args.episodes, args.eval_seed)
+            one = None
+            if not args.no_one_step:
+                one, _, _ = train_and_measure(preset, seed, args.overrides, out, args.episodes, args.eval_seed,
+                                              gamma0=True)
+            runs.append(Run(seed, agent, one, rate, ckpt))
+            print("\n".join(report(preset, cfg, runs, base, args.episodes, args.eval_seed)), flush=True)
+        report_lines += [*report(preset, cfg, runs, base, args.episodes, args.eval_seed), ""]
+    print("\n".join(report_lines))
 
 
 if __name__ == "__main__":

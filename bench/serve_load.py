@@ -98,6 +98,7 @@ class Workload:
 
     def __init__(self, meta: dict[str, Any], invalid: float, seed: int) -> None:
         self.n = int(meta["n_items"])
+        self.k = int(meta["n_candidates"])
         self.h = int(meta["history_length"])
         self.events = [k for k, v in meta["event_codes"].items() if int(v) > 0]
         self.invalid = invalid
@@ -108,10 +109,10 @@ class Workload:
         length = r.randint(0, self.h + 5)
         body: dict[str, Any] = {"items": [r.randrange(self.n) for _ in range(length)],
                                 "events": [r.choice(self.events) for _ in range(length)]}
-        if r.random() < 0.3:
-            body["candidates"] = r.sample(range(self.n), r.randint(1, self.n))
+        if r.random() < 0.3 or self.n > self.k:  # required when the catalog does not fit the model's K slots
+            body["candidates"] = r.sample(range(self.n), r.randint(1, min(self.n, self.k)))
         if r.random() < 0.7:
-            body["k"] = r.randint(1, self.n)
+            body["k"] = r.randint(1, min(self.n, self.k))
         return body
 
     def draw(self) -> tuple[str, bytes, dict[str, str], int]:

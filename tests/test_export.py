@@ -71,7 +71,7 @@ def test_tflite_has_builtin_ops_only_and_runs_in_litert(exported, trained_debug)
         assert _sidecar(exported, mode)["ops"] == ops
         runner = Interpreter(model_content=blob, num_threads=1).get_signature_runner("serving_default")
         q = runner(**obs)["output_0"]  # a batch of 20 through the dynamic batch dimension
-        cand = obs["action_mask"] > 0
+        cand = obs["candidate_mask"] > 0
         tol = 1e-4 if mode == "none" else TOLERANCES[mode].bound(float(np.abs(q_ref[cand]).max()))
         assert np.abs(q - q_ref)[cand].max() <= tol, mode
         assert np.all(q[~cand] <= -1e4)
@@ -83,13 +83,16 @@ def test_sidecar_describes_the_model(exported, trained_debug) -> None:
     cfg = checkpoint_config(trained_debug.checkpoint)
     side = _sidecar(exported, "none")
     n, t = cfg.env.catalog.n_items, cfg.env.history_length
-    assert side["n_items"] == n and side["history_length"] == t
+    k = n  # the debug shop offers every item at every step
+    assert side["n_items"] == n and side["n_candidates"] == k and side["history_length"] == t
+    assert side["embed_dim"] == 32 and side["id_buckets"] == cfg.model.id_buckets
     assert side["inputs"] == {
         "items": {"tensor": "serving_default_items:0", "shape": [-1, t], "dtype": "int32"},
         "events": {"tensor": "serving_default_events:0", "shape": [-1, t], "dtype": "int32"},
-        "action_mask": {"tensor": "serving_default_action_mask:0", "shape": [-1, n], "dtype": "int32"},
+        "candidates": {"tensor": "serving_default_candidates:0", "shape": [-1, k], "dtype": "int32"},
+        "candidate_mask": {"tensor": "serving_default_candidate_mask:0", "shape": [-1, k], "dtype": "int32"},
     }
-    assert side["output"]["shape"] == [-1, n] and side["output"]["dtype"] == "float32"
+    assert side["output"]["shape"] == [-1, k] and side["output"]["dtype"] == "float32"
     assert side["event_codes"] == {name: i for i, name in enumerate(EVENT_NAMES)}
     assert side["config_hash"] == cfg.config_hash() and side["config_name"] == "debug"
     assert side["source_checkpoint"] == str(trained_debug.checkpoint)

@@ -37,7 +37,7 @@ def _episodes_until_fault(env: FaultInjection, n: int) -> tuple[int, int]:
         obs, _ = env.reset(seed=i)
         try:
             while True:
-                a = rng.choice(np.flatnonzero(obs["action_mask"]))
+                a = rng.choice(np.flatnonzero(obs["candidate_mask"]))
                 obs, _, term, trunc, _ = env.step(int(a))
                 if term or trunc:
                     completed += 1
@@ -63,11 +63,11 @@ def test_watchdog_turns_a_hang_into_an_exception() -> None:
     obs, _ = env.reset(seed=0)
     t0 = time.perf_counter()
     with pytest.raises(EnvStepTimeout, match="run.env_step_timeout_s"):
-        env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        env.step(int(np.flatnonzero(obs["candidate_mask"])[0]))
     assert time.perf_counter() - t0 < 5.0 and env.timeouts == 1
     env.env.hang_rate = 0.0
     obs, _ = env.reset(seed=1)  # the env is usable again, and the alarm is off after a normal step
-    env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+    env.step(int(np.flatnonzero(obs["candidate_mask"])[0]))
     time.sleep(0.5)
 
 

@@ -162,3 +162,85 @@ def test_offline_training_then_ope_and_collect_with_its_checkpoint_on_large(
     greedy = checkpoint_greedy(load_module(resolve_checkpoint(str(large_offline_run))))(a.obs, None)
     assert (np.argmax(a.behaviour_dist, axis=1) == greedy).all()
     assert a.obs["candidate_mask"][np.arange(a.n_rows), greedy].all()
+
+
+# ------------------------------------------------------------------------------------------------ online
+
+
+@pytest.fixture(scope="module")
+def large_online_run(large: LargeShop) -> Path:
+    """A short online run of `large` (train), its run directory."""
+    out = large.dir / "online"
+    rc = main(["train", *large.config_args(f"run.output_dir={out}"), "--no-tracking"])
+    assert rc == 0
+    (run,) = out.glob("large-*")
+    return run
+
+
+@pytest.mark.slow
+def test_train_evaluate_export_serve_on_large(large: LargeShop, large_online_run: Path, capsys) -> None:
+    """train -> evaluate -> export (float and fp16, through the parity gate) -> serve on the 10,000-item shop,
+    with the candidate rules of a catalog larger than the model's K slots."""
+    from conftest import start_serve
+
+    assert main(["evaluate", "--checkpoint", str(large_online_run), "--episodes", "5"]) == 0
+    assert "agent (greedy)" in capsys.readouterr().out
+    out = large.dir / "export"
+    assert main(["export", "--checkpoint", str(large_online_run), "--quantize", "none", "fp16", "--out", str(out),
+                 "--no-mlflow"]) == 0
+    side = json.loads((out / "model.json").read_text())
+    assert (side["n_items"], side["n_candidates"]) == (10_000, 100)
+    assert side["parity"]["passed"] and side["parity"]["top1_agreement"] == 1.0
+    assert json.loads((out / "model_fp16.json").read_text())["parity"]["passed"]
+
+    import http.client
+    import os
+    import sys
+
+    port, proc = start_serve([sys.executable, "-m", "rllib_rec", "serve", "--model", str(out / "model.tflite")],
+                             dict(os.environ))
+    try:
+        def post(body: dict) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", "/recommend", json.dumps(body), {"content-type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+
+        history = {"items": [5, 9_999, 42], "events": ["view", "click", "ignored"]}
+        status, body = post({**history, "candidates": list(range(9_900, 10_000)), "k": 5})  # exactly K
+        assert status == 200 and len(body["recommendations"]) == 5
+        assert {r["item"] for r in body["recommendations"]} <= set(range(9_900, 10_000))
+        status, body = post(history)  # the catalog does not fit in K slots: candidates are required
+        assert status == 422 and "candidates: required" in body["detail"]
+        status, body = post({**history, "candidates": list(range(101))})
+        assert status == 422 and "at most 100" in body["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tune_on_large(large: LargeShop, capsys) -> None:
+    sweep = large.dir / "sweep.yaml"
+    sweep.write_text(f"base: {LARGE}\n"
+        "sweep:\n  search_space:\n    dqn.lr: {grid: [0.001, 0.0005]}\n  scheduler: fifo\n  num_samples: 1\n"
+        "  max_concurrent_trials: 1\n  cpus_per_trial: 1\n")
+    sets = [*SHORT_RUN, "run.iterations=1", f"sweep.storage_path={large.dir / 'sweeps'}",
+            f"run.output_dir={large.dir}"]
+    assert main(["tune", "--config", str(sweep), *_sets(sets), "--no-tracking"]) == 0
+    best = json.loads((large.dir / "sweeps" / "large-sweep" / "best.json").read_text())
+    assert Path(best["checkpoint"]).is_dir()
+
+
+@pytest.mark.slow
+def test_export_parity_at_a_hundred_thousand_items(large: LargeShop) -> None:
+    """A 100,000-item shop (ids hashed into model.id_buckets rows) trains for one short iteration and exports
+    through the parity gate."""
+    out = large.dir / "n100k"
+    sets = ("env.catalog.n_items=100000", f"run.output_dir={out}", "run.iterations=1")
+    assert main(["train", *large.config_args(*sets), "--no-tracking"]) == 0
+    (run,) = out.glob("large-*")
+    assert main(["export", "--checkpoint", str(run), "--out", str(out / "export"), "--no-mlflow"]) == 0
+    side = json.loads((out / "export" / "model.json").read_text())
+    assert side["n_items"] == 100_000 and side["model_spec"]["id_buckets"] < 100_000
+    assert side["parity"]["passed"] and side["parity"]["max_abs_diff"] <= 1e-4

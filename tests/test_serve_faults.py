@@ -486,7 +486,7 @@ CORRUPT = [  # (case, corruption of a copy of the export, faulty file, expected 
     ("sidecar-a-list", lambda d: (d / "model.json").write_text("[1, 2]"), "model.json", "a JSON list, not an object"),
     ("sidecar-wrong-format", _edit_sidecar(format="something-else/9"), "model.json", "format is 'something-else/9'"),
     ("sidecar-of-another-export", _other_sidecar, "model.tflite", "bytes, but its sidecar model.json says"),
-    ("sidecar-wrong-n_items", _edit_sidecar(n_items=7), "model.tflite", "do not match the sidecar"),
+    ("sidecar-wrong-n_candidates", _edit_sidecar(n_candidates=7), "model.tflite", "do not match the sidecar"),
     ("sidecar-missing-field", lambda d: _drop(d, "event_codes"), "model.json",
      "KeyError: 'event_codes'"),
 ]

@@ -53,7 +53,7 @@ def _obs_batch(env_config, n: int = 32) -> dict[str, np.ndarray]:
     for seed in range(n):
         obs, _ = env.reset(seed=seed)
         for _ in range(seed % 4):
-            obs, *_ = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+            obs, *_ = env.step(int(np.flatnonzero(obs["candidate_mask"])[0]))
         rows.append(obs)
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -108,7 +108,7 @@ def test_restore_reproduces_identical_q_values(run) -> None:
     finally:
         algo.stop()
     assert np.array_equal(q_module, q_algo)
-    assert np.isfinite(q_module[obs["action_mask"] == 1]).all()
+    assert np.isfinite(q_module[obs["candidate_mask"] == 1]).all()
     # and the weights are the trained ones, not a fresh init
     q_prev = _q(load_module(run.run_dir / "checkpoints" / "iter_000001"), obs)
     assert not np.array_equal(q_module, q_prev)
