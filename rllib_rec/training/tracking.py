@@ -38,7 +38,13 @@ __all__ = ["resolve_tracking_uri", "redact", "redact_values", "TrackingError", "
 UNSENT_FILE = "mlflow_unsent.jsonl"
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
-_SECRET_QUERY = re.compile(r"(?i)((?:token|password|secret|key|sig|signature)=)[^&\s]+")
+# A secret-bearing parameter: a name that contains one of the words and starts a query (``?``), a
+# parameter (``&``/``;``), a word (after whitespace) or the text, then ``=`` and the value. Dotted names
+# (``db.password=``) count, except for the short words ``key``/``sig``: a config key path quoted in a
+# message (``section.key=value``) is not a secret.
+_SECRET_QUERY = re.compile(
+    r"(?i)((?:(?<=[?&;\s])|^)(?:[\w.-]*(?:token|password|passwd|secret|signature|credential)|[\w-]*(?:key|sig))"
+    r"[\w-]*=)[^&\s#]+")
 
 
 
