@@ -18,7 +18,16 @@ from typing import Any, Literal
 import yaml
 
 from envs.config import EnvConfig, EnvConfigError, resolve_preset
-from rllib_rec.config.schema import SAFE_NAME, SAFE_NAME_DOC, ConfigError, build, flatten, merge_dicts, spec, to_dict
+from rllib_rec.config.schema import (
+    SAFE_NAME,
+    SAFE_NAME_DOC,
+    ConfigError,
+    build,
+    flatten,
+    merge_dicts,
+    spec,
+    to_dict,
+)
 
 __all__ = [
     "ConfigError",
