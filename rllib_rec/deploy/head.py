@@ -55,37 +55,48 @@ def _temp_dir(temp_dir: str | os.PathLike[str]) -> Path:
     return td
 
 
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process this user can see."""
+    procs: dict[int, tuple[int, str]] = {}
+    root = Path("/proc")
+    if root.is_dir():
+        for d in root.iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            procs[int(d.name)] = (ppid, cmdline)
+        return procs
+    out = subprocess.run(["ps", "-axo", "pid=,ppid=,command="], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        pid, ppid, cmd = (line.split(None, 2) + [""])[:3]
+        if pid.isdigit() and ppid.isdigit():
+            procs[int(pid)] = (int(ppid), cmd)
+    return procs
+
+
 def head_pids(temp_dir: str | os.PathLike[str]) -> list[int]:
-    """PIDs of the processes whose command line names ``temp_dir`` (GCS, raylet, dashboard, agents, log
-    monitor: every Ray process of that head; its workers exit with its raylet)."""
-    marker = str(Path(temp_dir).expanduser().resolve())
+    """PIDs of the head whose temp dir is ``temp_dir``: every process whose command line names a session
+    directory of it (``<temp dir>/session_...``: GCS, raylet, dashboard, log monitor, autoscaler monitor),
+    and their descendants (the agents and workers, which rename themselves ``ray::...``). A shell that merely
+    mentions the temp dir (``rllib-rec head stop --temp-dir ...``) is not one of them."""
+    marker = str(Path(temp_dir).expanduser().resolve()) + "/session_"
+    procs = _processes()
     own = os.getpid()
-    proc = Path("/proc")
-    if proc.is_dir():
-        pids = []
-        for d in proc.iterdir():
-            if d.name.isdigit() and int(d.name) != own:
-                try:
-                    cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if _names(cmdline, marker):
-                    pids.append(int(d.name))
-        return sorted(pids)
-    out = subprocess.run(["ps", "-axo", "pid=,command="], capture_output=True, text=True, check=True).stdout
-    return sorted(int(pid) for pid, _, cmd in (ln.strip().partition(" ") for ln in out.splitlines())
-                  if pid.isdigit() and int(pid) != own and _names(cmd, marker))
-
-
-def _names(cmdline: str, marker: str) -> bool:
-    # the temp dir itself, or a path below it (session dirs, logs), not merely a longer name sharing its prefix
-    i = cmdline.find(marker)
-    while i >= 0:
-        end = i + len(marker)
-        if end == len(cmdline) or cmdline[end] in " /'\"=,":
-            return True
-        i = cmdline.find(marker, end)
-    return False
+    found = {pid for pid, (_, cmd) in procs.items() if marker in cmd and pid != own}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != own:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
 
 
 def head_info(temp_dir: str | os.PathLike[str]) -> dict | None:
