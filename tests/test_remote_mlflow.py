@@ -68,6 +68,14 @@ def mlflow_server(tmp_path_factory):
             assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
             time.sleep(0.5)
+        # Warm up (the first authenticated request loads the auth app and both stores): the CLI's own
+        # check allows the server MLFLOW_HTTP_REQUEST_TIMEOUT (10 s by default) per request.
+        import mlflow
+
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}.items():
+                mp.setenv(k, v)
+            mlflow.MlflowClient(uri).search_experiments()
         yield uri, password, root
     finally:
         try:
@@ -86,7 +94,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def _env(uri: str, user: str, password: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password,
+               MLFLOW_HTTP_REQUEST_TIMEOUT="120")  # a loaded 2-core CI machine, not the product default
     return env
 
 

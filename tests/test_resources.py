@@ -21,7 +21,7 @@ DEBUG = str(ROOT / "configs" / "debug.yaml")
 CPUS = os.cpu_count() or 1
 
 
-def _cli(*args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, float]:
+def _cli(*args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", runtime.AUTOSCALER_ENV)}
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "rllib_rec", *args], capture_output=True, text=True, cwd=ROOT,
@@ -43,7 +43,7 @@ def test_train_asking_for_more_cpus_than_there_are_fails_in_seconds(tmp_path) ->
     line = _error_line(out)
     assert f"needs {CPUS + 2} CPUs" in line and f"has {CPUS}" in line, line
     assert "run.num_env_runners" in line and "run.num_learners" in line, line
-    assert seconds < 90, seconds
+    assert seconds < 150, seconds  # imports + Ray start-up, ~20-30 s on 2 idle cores; before: no end at all
     assert not list(tmp_path.glob("debug-*"))  # refused before the run directory was made
 
 
@@ -54,7 +54,7 @@ def test_sweep_whose_single_trial_cannot_fit_fails_in_seconds(tmp_path) -> None:
                         "--set", f"run.output_dir={tmp_path}")
     line = _error_line(out)
     assert f"one sweep trial needs {CPUS + 1} CPUs" in line and "sweep.cpus_per_trial" in line, line
-    assert seconds < 90, seconds
+    assert seconds < 150, seconds
 
 
 @pytest.mark.parametrize("runners, learners, trial_cpus", [(0, 0, None), (1, 2, None), (3, 0, None),

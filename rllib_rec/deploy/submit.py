@@ -148,17 +148,21 @@ def check_job_outputs(command: str, ns: Any, tracking_uri: str | None, working_d
     uri = getattr(ns, "tracking_uri", None) or tracking_uri
     tracked = not (getattr(ns, "no_tracking", False) or getattr(ns, "no_mlflow", False))
     problems: list[str | None] = []
+    # The job runs in (a copy of) the working dir: its relative paths are relative to that.
+    config = getattr(ns, "config", None)
+    if config is not None and not Path(config).is_absolute():
+        config = str(wd / config)
     out_fix = "--set run.output_dir=/shared/abs/path (storage every node of the cluster can reach)"
     if command == "train":
         if ns.resume:
             problems.append(_absolute("--resume", ns.resume, "give the run directory's absolute path"))
         else:
-            cfg = load_config(ns.config, ns.overrides)
+            cfg = load_config(config, ns.overrides)
             problems.append(_absolute("run.output_dir", cfg.run.output_dir, out_fix))
         if tracked:
             problems.append(_store_problem(uri))
     elif command == "tune":
-        scfg = load_sweep_config(ns.config, ns.overrides)
+        scfg = load_sweep_config(config, ns.overrides)
         sp = scfg.sweep.storage_path
         if "://" not in sp:
             problems.append(_absolute("sweep.storage_path", sp, "--set sweep.storage_path=s3://BUCKET/sweeps "

@@ -135,6 +135,10 @@ def connect(uri: str, experiment: str, output_dir: str | os.PathLike[str]) -> st
             raise TrackingError(f"MLflow tracking server {redact(uri)}: user {os.environ.get('MLFLOW_TRACKING_USERNAME', '?')!r} "
                                 f"may not use experiment {experiment!r} (HTTP 403); ask its owner for EDIT permission "
                                 "or choose run.experiment") from None
+        if http and "Read timed out" in text:
+            raise TrackingError(f"MLflow tracking server {redact(uri)} did not answer within "
+                                f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s (a slow server: raise "
+                                "MLFLOW_HTTP_REQUEST_TIMEOUT)") from None
         raise TrackingError(f"MLflow tracking URI {redact(uri)} is unreachable: {type(e).__name__}: "
                             f"{redact(text)[:300]}") from None
 
