@@ -17,6 +17,7 @@ __all__ = [
     "ExportError",
     "ServeError",
     "RequestError",
+    "ResourceError",
 ]
 
 
@@ -69,3 +70,7 @@ class ServeError(RllibRecError, RuntimeError):
 
 class RequestError(RllibRecError, ValueError):
     """A recommendation request is invalid; the message is the HTTP 422 ``detail``."""
+
+
+class ResourceError(RllibRecError, RuntimeError):
+    """The Ray cluster has fewer CPUs than a run or sweep trial needs, and no autoscaler to add them."""

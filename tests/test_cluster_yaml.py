@@ -26,6 +26,27 @@ def test_cluster_yaml_passes_ray_schema(cluster: dict) -> None:
     assert any("pip install" in c and "rllib-rec" in c for c in cluster["setup_commands"])
 
 
+def _torch_install(commands: list[str]) -> str:
+    (line,) = [c for c in commands if "pip install" in c and "torch" in c]
+    return line
+
+
+def test_gpu_learner_nodes_install_a_cuda_torch_and_cpu_nodes_the_cpu_build(cluster: dict) -> None:
+    """A node type's worker_setup_commands replace the global setup_commands for its nodes (Ray's launcher,
+    checked below on the config `ray up` would use); each type installs the torch build its hardware needs."""
+    prepared = prepare_config(copy.deepcopy(cluster))
+    types = prepared["available_node_types"]
+    head = _torch_install(prepared["head_setup_commands"])  # setup_commands + head_setup_commands
+    cpu = _torch_install(types["cpu_worker"]["worker_setup_commands"])
+    gpu = _torch_install(types["gpu_learner"]["worker_setup_commands"])
+    assert "download.pytorch.org/whl/cpu" in head and "download.pytorch.org/whl/cpu" in cpu
+    assert "whl/cpu" not in gpu and "torch==2.13.0" in gpu  # PyPI's Linux wheel: the CUDA build
+    assert gpu != cpu
+    assert any("torch.cuda.is_available()" in c for c in types["gpu_learner"]["worker_setup_commands"])
+    for t in ("cpu_worker", "gpu_learner"):  # the rest of the setup is the same everywhere
+        assert any("pip install" in c and "rllib-rec" in c for c in types[t]["worker_setup_commands"])
+
+
 @pytest.mark.parametrize("mutate", [
     lambda c: c.update(max_wrokers=3),  # unknown top-level key
     lambda c: c["available_node_types"]["cpu_worker"].update(min_worker=1),  # unknown node-type key

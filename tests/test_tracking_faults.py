@@ -187,8 +187,8 @@ def test_credentials_in_config_values_are_never_recorded(tmp_path, capfd) -> Non
     cfg.write_text(Path(DEBUG).read_text() + f"# results mirror: https://ci-bot:{SECRET}@mlflow.example.com\n")
     out_dir = tmp_path / "out"
     uri = f"sqlite:///{out_dir / 'mlflow.db'}"
+    # (`name` cannot carry one: it is restricted to file-name characters, tests/test_safe_names.py)
     res = train(str(cfg), [f"run.output_dir={out_dir}", "run.iterations=1", *QUICK,
-                           f"name=debug?token={SECRET}",
                            f"run.experiment=https://ci-bot:{SECRET}@mlflow.example.com/team?token={SECRET}"],
                 tracking_uri=uri, log=print)
     print("\n".join(summary_lines(res)))

@@ -8,13 +8,27 @@ workers get it exactly once, through the ``runtime_env`` given to ``ray.init`` h
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["KERAS_ENV", "use_torch_keras_backend", "init_ray", "set_torch_threads"]
+from rllib_rec.errors import ResourceError, UsageError
+
+__all__ = ["KERAS_ENV", "AUTOSCALER_ENV", "use_torch_keras_backend", "init_ray", "set_torch_threads",
+           "cluster_can_grow", "run_cpu_need", "trial_cpu_need", "check_run_resources", "check_sweep_resources"]
 
 KERAS_ENV = {"KERAS_BACKEND": "torch"}
+# "1": the cluster has an autoscaler (skip the CPU check); "0": it has none (always check). Unset: see
+# cluster_can_grow().
+AUTOSCALER_ENV = "RLLIB_REC_AUTOSCALER"
+# What algo.py's DQNConfig asks of Ray per actor: num_cpus_per_env_runner=1, and num_cpus_per_learner "auto",
+# which is 1 CPU for a learner without a GPU (tests/test_resources.py checks these against RLlib's own count).
+CPUS_PER_ENV_RUNNER = 1
+CPUS_PER_LEARNER = 1
+_started_local = False  # init_ray started a private Ray instance (which can never grow)
 
 
 def use_torch_keras_backend() -> None:
@@ -48,6 +62,8 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    global _started_local
+    _started_local = False
     # Inside `ray job submit` the job supervisor hands the driver its runtime_env (which carries KERAS_ENV)
     # through this variable; Ray refuses a second runtime_env that sets the same variable.
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -58,6 +74,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         return
     # address="local": without it Ray joins whatever `ray start` cluster this machine last started
     # (/tmp/ray/ray_current_cluster) instead of starting the private instance a local run promises.
+    _started_local = True
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -66,3 +83,84 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         log_to_driver=True,
         **kwargs,
     )
+
+
+# -- "does it fit?" -----------------------------------------------------------------------------------
+# Ray waits, silently and for ever, for CPUs a cluster without an autoscaler will never have. These checks
+# run right after init_ray, so a run or sweep that cannot be scheduled says so within seconds.
+
+def cluster_can_grow() -> bool:
+    """Whether an autoscaler may add nodes, so that asking for more CPUs than are there now is fine.
+
+    ``RLLIB_REC_AUTOSCALER=1``/``0`` decides. Otherwise: a private instance started by :func:`init_ray` never
+    grows; a cluster joined (``RAY_ADDRESS``, or a ``ray job submit`` driver) has an autoscaler when the
+    cluster launcher's ``~/ray_bootstrap_config.yaml`` is on this node (``ray up`` puts it on the head, where
+    job drivers run; Ray Tune uses the same test).
+    """
+    flag = os.environ.get(AUTOSCALER_ENV, "").strip().lower()
+    if flag in ("1", "true", "yes"):
+        return True
+    if flag in ("0", "false", "no"):
+        return False
+    if flag:
+        raise UsageError(f"{AUTOSCALER_ENV}={flag!r}: use 1 (the cluster autoscales) or 0 (it does not)")
+    if _started_local:
+        return False
+    return Path("~/ray_bootstrap_config.yaml").expanduser().exists()
+
+
+def run_cpu_need(cfg: Any) -> tuple[float, str]:
+    """CPUs that Ray must reserve for a ``train`` run, and how they add up. The driver (algorithm, local env
+    runner and local learner) is a plain process, not a Ray task, and reserves none."""
+    r = cfg.run
+    need = r.num_env_runners * CPUS_PER_ENV_RUNNER + r.num_learners * CPUS_PER_LEARNER
+    return need, (f"{r.num_env_runners} env runner(s) x {CPUS_PER_ENV_RUNNER} + {r.num_learners} learner(s) x "
+                  f"{CPUS_PER_LEARNER}; the driver reserves none")
+
+
+def trial_cpu_need(cfg: Any, cpus_per_trial: float) -> tuple[float, str]:
+    """CPUs of one Tune trial (its placement group): the trial's main process (which also hosts the learner
+    when run.num_learners is 0, hence at least 1 CPU then), its env runners and its learners."""
+    r = cfg.run
+    main = cpus_per_trial if r.num_learners else max(cpus_per_trial, CPUS_PER_LEARNER)
+    need = main + r.num_env_runners * CPUS_PER_ENV_RUNNER + r.num_learners * CPUS_PER_LEARNER
+    return need, (f"main process {main:g} + {r.num_env_runners} env runner(s) x {CPUS_PER_ENV_RUNNER} + "
+                  f"{r.num_learners} learner(s) x {CPUS_PER_LEARNER}")
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def check_run_resources(cfg: Any) -> None:
+    """ResourceError (one line: need, have, keys to change) when a ``train`` run cannot be scheduled."""
+    need, how = run_cpu_need(cfg)
+    if need == 0 or cluster_can_grow():
+        return
+    have = _cluster_cpus()
+    if need > have:
+        raise ResourceError(f"the run needs {need:g} CPUs from Ray ({how}) but the Ray cluster has {have:g} and "
+                            f"no autoscaler: lower run.num_env_runners and/or run.num_learners (or give Ray more "
+                            f"CPUs; {AUTOSCALER_ENV}=1 if the cluster does autoscale)")
+
+
+def check_sweep_resources(cfg: Any, cpus_per_trial: float, max_concurrent_trials: int,
+                          log: Callable[[str], None]) -> None:
+    """ResourceError when not even one trial fits the cluster (Tune would wait for ever); one log line when
+    fewer than ``sweep.max_concurrent_trials`` fit at once (Tune then queues the rest, which is slower but
+    finishes, so that is not an error)."""
+    need, how = trial_cpu_need(cfg, cpus_per_trial)
+    if cluster_can_grow():
+        return
+    have = _cluster_cpus()
+    if need > have:
+        raise ResourceError(f"one sweep trial needs {need:g} CPUs ({how}) but the Ray cluster has {have:g} and "
+                            f"no autoscaler: lower sweep.cpus_per_trial, run.num_env_runners and/or "
+                            f"run.num_learners (or give Ray more CPUs; {AUTOSCALER_ENV}=1 if the cluster does "
+                            f"autoscale)")
+    fit = math.floor(have / need + 1e-9)
+    if fit < max_concurrent_trials:
+        log(f"note: sweep.max_concurrent_trials={max_concurrent_trials} x {need:g} CPUs per trial needs "
+            f"{max_concurrent_trials * need:g} CPUs, the Ray cluster has {have:g}: at most {fit} trial(s) run at once")

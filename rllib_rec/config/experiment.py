@@ -18,7 +18,16 @@ from typing import Any, Literal
 import yaml
 
 from envs.config import EnvConfig, EnvConfigError, resolve_preset
-from rllib_rec.config.schema import ConfigError, build, flatten, merge_dicts, spec, to_dict
+from rllib_rec.config.schema import (
+    SAFE_NAME,
+    SAFE_NAME_DOC,
+    ConfigError,
+    build,
+    flatten,
+    merge_dicts,
+    spec,
+    to_dict,
+)
 
 __all__ = [
     "ConfigError",
@@ -140,7 +149,8 @@ class RunSettings:
     )
     validation_seed: int = spec(2_000_000, "first seed of the validation episodes (disjoint from eval seeds)", min=0)
     seed: int = spec(0, "seed of training", min=0)
-    output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go")
+    output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go (a directory path; "
+                           "under `rllib-rec submit` an absolute one on storage the cluster shares)")
     experiment: str = spec("rllib-rec", "MLflow experiment name")
     # Fault tolerance (RLlib's AlgorithmConfig.fault_tolerance): a crashing env or EnvRunner costs the
     # episodes in flight, not the run.
@@ -152,6 +162,14 @@ class RunSettings:
     env_step_timeout_s: float | None = spec(
         60.0, "a step/reset running longer than this raises (then handled as a crash); null = no watchdog", gt=0.0
     )
+
+    def validate(self) -> None:
+        # Run directories, checkpoints and the local sqlite store are written with plain file I/O.
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir", "must name a directory, got ''")
+        if "://" in self.output_dir:
+            raise ConfigError("output_dir", f"must be a directory path (on a cluster: a shared filesystem), got "
+                              f"{self.output_dir!r}; object storage is for sweeps (sweep.storage_path=s3://...)")
 
 
 @dataclass
@@ -171,7 +189,8 @@ class FaultSettings:
 
 @dataclass
 class ExperimentConfig:
-    name: str = spec("experiment", "run name")
+    name: str = spec("experiment", "run name: the run directory is <run.output_dir>/<name>-<time>",
+                     pattern=SAFE_NAME, pattern_doc=SAFE_NAME_DOC)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dqn: DQNSettings = field(default_factory=DQNSettings)

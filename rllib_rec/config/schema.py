@@ -1,7 +1,8 @@
 """Typed, validated configuration objects built from plain dicts (YAML, CLI overrides, RLlib env_config).
 
 Dataclass fields carry their constraints in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (strict lower
-bound), ``choices`` and ``doc``. :func:`build` turns a nested mapping into nested dataclasses and raises
+bound), ``choices``, ``pattern`` (a string must match this regular expression in full; ``pattern_doc`` says
+what that means in words) and ``doc``. :func:`build` turns a nested mapping into nested dataclasses and raises
 :class:`ConfigError` whose message names the key path and the problem, in one line. This module is shared
 by every section of the experiment config, the simulator's (``envs.config``) included: the simulator's
 dataclasses carry the same metadata, and this module is what checks it.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -19,13 +21,21 @@ from typing import Any, TypeVar
 from envs.config import EnvConfigError
 from rllib_rec.errors import ConfigError
 
-__all__ = ["ConfigError", "spec", "build", "to_dict", "flatten", "merge_dicts"]
+__all__ = ["ConfigError", "SAFE_NAME", "SAFE_NAME_DOC", "spec", "build", "to_dict", "flatten", "merge_dicts"]
 
 T = TypeVar("T")
 
+# Values that become a file or directory name (run names, sweep names): no separators, no "..", no
+# leading dot or dash, nothing a shell or an object store treats specially. Such a name can only resolve
+# to a direct child of its base directory.
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+SAFE_NAME_DOC = ("must be 1-100 characters of A-Z a-z 0-9 . _ - starting with a letter or digit "
+                 "(it names a directory)")
+
 
 def spec(default: Any, doc: str, **bounds: Any) -> Any:
-    """A dataclass field with its documentation and bounds (``min``/``max``/``gt``/``choices``) as metadata."""
+    """A dataclass field with its documentation and bounds (``min``/``max``/``gt``/``choices``/``pattern``) as
+    metadata."""
     meta = {"doc": doc, **bounds}
     if isinstance(default, list):  # dataclasses refuse shared mutable defaults
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
@@ -103,6 +113,8 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str) -> None:
         return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(path, f"must be one of {list(meta['choices'])}, got {value!r}")
+    if "pattern" in meta and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(path, f"{meta.get('pattern_doc') or 'must match ' + meta['pattern']}, got {value!r}")
     values = value if isinstance(value, list | tuple) else [value]
     for v in values:
         if not isinstance(v, int | float) or isinstance(v, bool):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rllib_rec.config.experiment import ExperimentConfig, config_from_dict, parse_overrides, read_yaml
-from rllib_rec.config.schema import ConfigError, build, flatten, merge_dicts, spec
+from rllib_rec.config.schema import SAFE_NAME, SAFE_NAME_DOC, ConfigError, build, flatten, merge_dicts, spec
 
 __all__ = [
     "DEFAULT_METRIC",
@@ -100,7 +100,8 @@ class Distribution:
 class SweepSettings:
     """How Tune runs the sweep."""
 
-    name: str | None = spec(None, "sweep directory name under storage_path (default: <experiment name>-sweep)")
+    name: str | None = spec(None, "sweep directory name under storage_path (default: <experiment name>-sweep)",
+                            pattern=SAFE_NAME, pattern_doc=SAFE_NAME_DOC)
     search_space: dict[str, Distribution] = field(default_factory=dict, metadata={"doc": "key path -> distribution"})
     scheduler: Literal["asha", "fifo"] = spec("asha", "trial scheduler: ASHA early stopping, or FIFO (none)")
     max_t: int | None = spec(None, "ASHA: max iterations per trial (default: run.iterations)", min=1)
@@ -189,4 +190,8 @@ def load_sweep_config(path: str | os.PathLike[str], overrides: Sequence[str] = (
     if sw.max_t is not None and sw.max_t > exp.run.iterations:
         raise ConfigError("sweep.max_t", f"must be <= run.iterations ({exp.run.iterations})", source)
     _check_search_space(exp, sw.search_space, source)
-    return SweepConfig(exp, sw, source)
+    scfg = SweepConfig(exp, sw, source)
+    if "://" not in sw.storage_path and scfg.sweep_dir.resolve().parent != scfg.sweep_dir.parent:
+        raise ConfigError("sweep.name", f"sweep directory {scfg.sweep_dir} would not be a child of "
+                          f"sweep.storage_path", source)
+    return scfg

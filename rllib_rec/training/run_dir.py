@@ -90,12 +90,16 @@ def _redacted(cfg: ExperimentConfig, log: Callable[[str], None]) -> ExperimentCo
 
 
 def _new_run_dir(cfg: ExperimentConfig) -> Path:
-    base = Path(cfg.run.output_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    root = Path(cfg.run.output_dir).resolve()
+    base = root / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir, n = base, 1
     while run_dir.exists():  # never reuse (and so never overwrite) a run directory
         n += 1
         run_dir = base.with_name(f"{base.name}-{n}")
-    return run_dir.resolve()
+    run_dir = run_dir.resolve()
+    if run_dir.parent != root:  # `name` is validated to be a plain file name; this is the belt to those braces
+        raise ConfigError("name", f"run directory {run_dir} would not be a child of run.output_dir {root}")
+    return run_dir
 
 
 def _plan_resume(resume: str, config_path: str | None, overrides: Sequence[str],

@@ -38,7 +38,13 @@ __all__ = ["resolve_tracking_uri", "redact", "redact_values", "TrackingError", "
 UNSENT_FILE = "mlflow_unsent.jsonl"
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
-_SECRET_QUERY = re.compile(r"(?i)((?:token|password|secret|key|sig|signature)=)[^&\s]+")
+# A secret-bearing parameter: a name that contains one of the words and starts a query (``?``), a
+# parameter (``&``/``;``), a word (after whitespace) or the text, then ``=`` and the value. Dotted names
+# (``db.password=``) count, except for the short words ``key``/``sig``: a config key path quoted in a
+# message (``section.key=value``) is not a secret.
+_SECRET_QUERY = re.compile(
+    r"(?i)((?:(?<=[?&;\s])|^)(?:[\w.-]*(?:token|password|passwd|secret|signature|credential)|[\w-]*(?:key|sig))"
+    r"[\w-]*=)[^&\s#]+")
 
 
 
@@ -119,8 +125,22 @@ def connect(uri: str, experiment: str, output_dir: str | os.PathLike[str]) -> st
             kwargs["artifact_location"] = (Path(output_dir).resolve() / "mlartifacts").as_uri()
         return client.create_experiment(experiment, **kwargs)
     except Exception as e:  # noqa: BLE001 — any failure here means "cannot track"
-        first = redact(" ".join(str(e).split()))[:300]
-        raise TrackingError(f"MLflow tracking URI {redact(uri)} is unreachable: {type(e).__name__}: {first}") from None
+        text = " ".join(str(e).split())
+        http = uri.startswith(("http://", "https://"))
+        if http and (re.search(r"\b401\b", text) or "UNAUTHENTICATED" in text):
+            raise TrackingError(f"MLflow tracking server {redact(uri)} refused the credentials (HTTP 401): check "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+                                ) from None
+        if http and (re.search(r"\b403\b", text) or "PERMISSION_DENIED" in text):
+            raise TrackingError(f"MLflow tracking server {redact(uri)}: user {os.environ.get('MLFLOW_TRACKING_USERNAME', '?')!r} "
+                                f"may not use experiment {experiment!r} (HTTP 403); ask its owner for EDIT permission "
+                                "or choose run.experiment") from None
+        if http and "Read timed out" in text:
+            raise TrackingError(f"MLflow tracking server {redact(uri)} did not answer within "
+                                f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s (a slow server: raise "
+                                "MLFLOW_HTTP_REQUEST_TIMEOUT)") from None
+        raise TrackingError(f"MLflow tracking URI {redact(uri)} is unreachable: {type(e).__name__}: "
+                            f"{redact(text)[:300]}") from None
 
 
 def _one_line(e: BaseException) -> str:

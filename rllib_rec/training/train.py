@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllib_rec.agent.runtime import init_ray, set_torch_threads, use_torch_keras_backend
+from rllib_rec.agent.runtime import check_run_resources, init_ray, set_torch_threads, use_torch_keras_backend
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.errors import CheckpointError
 from rllib_rec.tables import policy_table
@@ -119,6 +119,7 @@ def _build_algo(plan: RunPlan) -> Any:
 
     set_torch_threads(plan.cfg.run.torch_threads)
     init_ray()
+    check_run_resources(plan.cfg)  # seconds, not a silent wait for CPUs that will never come
     algo = build_algo_config(plan.cfg).build_algo()
     if plan.start_checkpoint is not None:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from rllib_rec.agent.algo import TRIAL_TORCH_THREADS_ENV
-from rllib_rec.agent.runtime import init_ray, use_torch_keras_backend
+from rllib_rec.agent.runtime import check_sweep_resources, init_ray, use_torch_keras_backend
 from rllib_rec.config.sweep import SweepConfig, load_sweep_config
 from rllib_rec.errors import CheckpointError
 from rllib_rec.tables import format_table
@@ -159,6 +159,7 @@ def run_sweep(
 
     os.environ[TRIAL_TORCH_THREADS_ENV] = str(exp.run.torch_threads)
     init_ray()
+    check_sweep_resources(exp, scfg.sweep.cpus_per_trial, scfg.sweep.max_concurrent_trials, log)
     grid = _tuner(scfg, resume, uri, experiment_id, log).fit()
     trials = _saved_trials(scfg, grid)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
