@@ -48,6 +48,16 @@ def test_sweep_yaml_loads() -> None:
     ("env.preset: {choice: [seed]}", "sweep.search_space.env.preset", "not sweepable"),
     ("dqn.gamma: {grid: [0.9, 1.5]}", "sweep.search_space.dqn.gamma", "value 1.5 is invalid"),
     ("model.embed_dim: {uniform: [2, 64]}", "sweep.search_space.model.embed_dim", "is invalid"),
+    ("model.embed_dim: {uniform: [8, 64]}", "sweep.search_space.model.embed_dim.uniform",
+     "is invalid for an integer key"),
+    # Each value is valid with the base experiment (embed_dim 16, num_heads 1); one combination is not.
+    ("model.embed_dim: {grid: [16, 18]}\n    model.num_heads: {choice: [1, 4]}", "sweep.search_space",
+     "the combination model.embed_dim=18, model.num_heads=4 gives an invalid experiment: model.embed_dim: "
+     "must be divisible by model.num_heads (4), got 18"),
+    ("model.num_heads: {grid: [3]}", "sweep.search_space.model.num_heads", "must be divisible"),
+    ("dqn.n_step: {grid: [1, 10]}", "sweep.search_space.dqn.n_step", "must be <= dqn.rollout_fragment_length"),
+    ("dqn.train_batch_size: {choice: [32, 8192]}", "sweep.search_space.dqn.train_batch_size",
+     "must be <= dqn.replay_capacity"),
 ])
 def test_bad_search_space_is_one_line_error(tmp_path: Path, space: str, key: str, problem: str) -> None:
     p = _write(tmp_path, f"base: debug.yaml\nsweep:\n  search_space:\n    {space}\n")
@@ -67,6 +77,7 @@ def test_bad_search_space_is_one_line_error(tmp_path: Path, space: str, key: str
      "sweep.search_space.dqn.per_alpha"),
     ("base: debug.yaml\ndqn: {lr: -1}\nsweep: {}\n", "dqn.lr"),
     ("base: nothere.yaml\nsweep: {}\n", "nothere.yaml"),
+    ("base: debug.yaml\nsweep: {grace_period: 4}\n", "sweep.grace_period"),  # > run.iterations (3)
 ])
 def test_bad_sweep_settings(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -83,6 +94,32 @@ def test_max_overlap() -> None:
     assert max_overlap([(0, 2), (1, 3), (2.5, 4), (5, 6)]) == 2
     assert max_overlap([(0, 1), (1, 2)]) == 1  # touching intervals do not overlap
     assert max_overlap([]) == 0
+
+
+def test_search_space_combinations_beyond_the_cap_are_checked_pairwise(tmp_path: Path, monkeypatch) -> None:
+    from rllib_rec.config import sweep
+
+    monkeypatch.setattr(sweep, "MAX_COMBINATIONS", 3)  # 2 x 2 x 2 = 8 combinations > 3: pairs
+    p = _write(tmp_path, "base: debug.yaml\nsweep:\n  search_space:\n    model.embed_dim: {grid: [16, 18]}\n"
+                         "    model.num_heads: {choice: [1, 4]}\n    dqn.lr: {grid: [0.001, 0.002]}\n")
+    with pytest.raises(ConfigError, match="model.embed_dim=18, model.num_heads=4 gives an invalid"):
+        load_sweep_config(p)
+
+
+def test_tune_refuses_an_invalid_combination_before_ray_starts(tmp_path: Path, capsys) -> None:
+    """Issue 18, item 1: the whole search space is checked before any trial (and before Ray starts)."""
+    import sys as _sys
+
+    from rllib_rec.cli import main
+
+    p = _write(tmp_path, "base: debug.yaml\nsweep:\n  search_space:\n    model.embed_dim: {grid: [16, 32]}\n"
+                         "    model.num_heads: {choice: [3]}\n")
+    assert main(["tune", "--config", str(p), "--set", f"sweep.storage_path={tmp_path / 'sweeps'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.num_heads" in err and "divisible" in err, err
+    assert not (tmp_path / "sweeps").exists()
+    ray = _sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
 
 
 def test_cli_refuses_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,9 +109,11 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
             learner_class=WeightedDQNTorchLearner,
             learner_config_dict=learner_config(cfg),
         )
+        # model_config=None would replace RLlib's default model_config dict (its validate() then fails), so
+        # the algorithm-level one is given only for a trial.
         .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule,
                                                 model_config=None if trial_cpus else model_config),
-                   model_config=model_config if trial_cpus else None)
+                   **({"model_config": model_config} if trial_cpus else {}))
         .training(**training)
         .reporting(min_sample_timesteps_per_iteration=r.steps_per_iteration, metrics_num_episodes_for_smoothing=100)
         .fault_tolerance(

@@ -35,10 +35,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from rllib_rec.tuning.sweep import run_sweep
+    from rllib_rec.config.sweep import load_sweep_config
 
     if args.no_tracking and args.tracking_uri:
         raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
+    load_sweep_config(args.config, args.overrides)  # the whole search space, in a second, before Ray/RLlib load
+    from rllib_rec.tuning.sweep import run_sweep
+
     res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
                     log=lambda s: print(s, file=sys.stderr), track=not args.no_tracking)
     print(f"best.json: {res.best_json}")

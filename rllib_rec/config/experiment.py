@@ -68,7 +68,8 @@ class ModelConfig:
     )
 
     def validate(self) -> None:
-        # Rules the network enforces when it is built (QNetSpec.validate), checked here before Ray starts.
+        # Rules the network enforces when it is built (QNetSpec.validate), checked here before Ray starts
+        # (tests/test_config.py checks that each rule here is one the network or RLlib would enforce later).
         if self.embed_dim % self.num_heads:
             raise ConfigError("embed_dim", f"must be divisible by model.num_heads ({self.num_heads}), got {self.embed_dim}")
 
@@ -186,7 +187,12 @@ class ExperimentConfig:
             raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + r.validation_episodes - 1} "
                               f"overlap the evaluation seeds {r.eval_seed}..{r.eval_seed + r.eval_episodes - 1}")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:
-            raise ConfigError("dqn.train_batch_size", "must be <= dqn.replay_capacity")
+            raise ConfigError("dqn.train_batch_size", f"must be <= dqn.replay_capacity ({self.dqn.replay_capacity}), "
+                              f"got {self.dqn.train_batch_size}")
+        # RLlib's DQNConfig.validate: an n-step transition must fit in one sampled fragment.
+        if self.dqn.n_step > self.dqn.rollout_fragment_length:
+            raise ConfigError("dqn.n_step", f"must be <= dqn.rollout_fragment_length ({self.dqn.rollout_fragment_length}), "
+                              f"got {self.dqn.n_step}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
