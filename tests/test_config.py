@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from conftest import short
 
 from rllib_rec.config import ExperimentConfig, load_config, parse_overrides
 from rllib_rec.config.schema import ConfigError
@@ -68,6 +69,8 @@ def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
         ("a: &x [1]\nb: *x\n", "", "aliases are not allowed"),
     ],
 )
+@pytest.mark.hostile("config", describe=lambda text, key, problem: (
+    f"config file `{short(text)}`", f"one line naming the file and `{key or '(top level)'}`: {problem}"))
 def test_bad_config_is_one_line_naming_file_key_problem(tmp_path, text, key, problem) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -78,11 +81,14 @@ def test_bad_config_is_one_line_naming_file_key_problem(tmp_path, text, key, pro
     assert key in msg and problem in msg
 
 
+@pytest.mark.hostile("config", rows=[("`--config nope.yaml` (no such file)", "one line: `nope.yaml: file not found`")])
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml: file not found"):
         load_config(tmp_path / "nope.yaml")
 
 
+@pytest.mark.hostile("config", rows=[("`--set dqn.gamma=2`", "one line: `--set: dqn.gamma: must be <= 1.0, got 2.0`"),
+                                    ("`--set dqn.gamma` (no `=`)", "one line: override must look like section.key=value")])
 def test_bad_override_names_set_and_key() -> None:
     with pytest.raises(ConfigError, match=r"--set: dqn.gamma: must be <= 1.0, got 2.0"):
         load_config(None, ["dqn.gamma=2"])
@@ -90,6 +96,7 @@ def test_bad_override_names_set_and_key() -> None:
         load_config(None, ["dqn.gamma"])
 
 
+@pytest.mark.hostile("config", rows=[("config file nested 50 lists deep", "one line: nested deeper than 8 levels")])
 def test_deeply_nested_yaml_is_refused(tmp_path) -> None:
     path = _write(tmp_path, "a: " + "[" * 50 + "]" * 50 + "\n")
     with pytest.raises(ConfigError, match="nested deeper"):
@@ -136,6 +143,8 @@ CROSS_FIELD = [
 
 @pytest.mark.parametrize("command", ["show-config", "train"])
 @pytest.mark.parametrize(("sets", "needle"), CROSS_FIELD, ids=[s[0][0] for s in CROSS_FIELD])
+@pytest.mark.hostile("config", describe=lambda command, sets, needle: (
+    f"`{command} --set {' --set '.join(sets)}`", f"one line, before Ray starts: `{needle}`"))
 def test_cross_field_rules_fail_in_one_line_before_ray(tmp_path, capsys, command, sets, needle) -> None:
     import sys
 

@@ -189,6 +189,7 @@ def test_cli_ope_checkpoint_target(trained_debug, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("gamma", ["5", "-1", "1.0001", "nan"])
+@pytest.mark.hostile("CLI", describe=lambda gamma: (f"`ope --gamma {gamma}`", "one line: --gamma must be in [0, 1]"))
 def test_cli_ope_gamma_outside_0_1_is_one_line(capsys, gamma) -> None:
     """Issue 18, item 11: --gamma 5 and -1 were accepted and printed values like 1.5e+15."""
     assert main(["ope", "--obd", str(OBD), "--gamma", gamma]) == 2
@@ -197,6 +198,9 @@ def test_cli_ope_gamma_outside_0_1_is_one_line(capsys, gamma) -> None:
 
 
 @pytest.mark.parametrize("where", ["missing", "file"])
+@pytest.mark.hostile("file", describe=lambda where: (
+    f"`ope --obd` {'a path that does not exist' if where == 'missing' else 'a file'}",
+    "one line naming that path: " + ("no such directory" if where == "missing" else "not a directory")))
 def test_cli_ope_obd_names_the_directory(tmp_path, capsys, where) -> None:
     """Issue 18, item 14: a missing --obd directory was reported as a missing .npy inside it."""
     path = tmp_path / "nonexistent"
@@ -208,6 +212,8 @@ def test_cli_ope_obd_names_the_directory(tmp_path, capsys, where) -> None:
     assert ("no such directory" if where == "missing" else "not a directory") in err[0] and ".npy" not in err[0]
 
 
+@pytest.mark.hostile("file", rows=[("`ope` on uniform logs far from the target (trajectory ESS a few of 200)",
+                                   "estimate marked LOW and a warning line beside the table")])
 def test_low_effective_sample_size_is_flagged_beside_the_estimate(tmp_path, capsys) -> None:
     """Issue 18, item 11: trajectory IS with an ESS of 5 out of 200 printed a number with no warning. Uniform
     logs over 10 items and a deterministic target: a 3-step trajectory matches the target with probability

@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import start_serve
+from conftest import short, start_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +145,7 @@ def small_server(model):
 
 
 # ---------------------------------------------------------------------------------------------- 1. body size
+@pytest.mark.hostile("HTTP", rows=[("body of 65,537 bytes (64 KiB + 1), to any route", "413, one line; 65,536 bytes: 200")])
 def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
     from rllib_rec.deploy.serve import DEFAULT_MAX_BODY_BYTES
 
@@ -160,6 +161,7 @@ def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
     assert r.status_code == 413
 
 
+@pytest.mark.hostile("HTTP", rows=[("endless streamed (chunked) body", "413 after reading just past the limit")])
 def test_endless_streamed_body_is_cut_off_at_the_limit(rec) -> None:
     """Driven as ASGI with a receive() that never ends the body: the app must answer 413 after reading
     just past the limit (TestClient would buffer a streamed body itself, so it cannot show this)."""
@@ -188,6 +190,8 @@ def test_endless_streamed_body_is_cut_off_at_the_limit(rec) -> None:
     assert pulled == 11  # 11 x 1000 bytes is the first read past 10_000; nothing more was pulled
 
 
+@pytest.mark.hostile("HTTP", rows=[("`Content-Length: 1000000000000`, 1 byte sent", "413 at once, connection closed"),
+                                  ("`Expect: 100-continue` with an oversized Content-Length", "413, no 100 Continue")])
 def test_declared_oversize_is_refused_before_the_body_is_sent(small_server) -> None:
     port, proc = small_server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -206,6 +210,8 @@ def test_declared_oversize_is_refused_before_the_body_is_sent(small_server) -> N
     assert proc.poll() is None
 
 
+@pytest.mark.hostile("HTTP", rows=[("chunked body growing without end over a real socket",
+                                   "413 while it streams, long before 4 MiB; the server keeps serving")])
 def test_chunked_oversize_is_cut_off_while_still_streaming(small_server) -> None:
     port, proc = small_server
     chunk = b" " * 4096
@@ -247,6 +253,8 @@ def test_cli_limit_boundary_and_the_server_keeps_serving(small_server) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.hostile("CLI", describe=lambda value: (f"`serve --max-body-bytes {value}`",
+                                                    "one line: must be a positive integer"))
 def test_bad_max_body_bytes_is_a_one_line_error(model, value) -> None:
     proc = subprocess.run(_serve_cmd("--model", str(model), "--port", str(_free_port()), "--max-body-bytes",
                                      value), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
@@ -298,6 +306,9 @@ RAW_BAD = [
 ]
 
 
+@pytest.mark.hostile("HTTP", rows=lambda: [(f"`{case}`: `{short(json.dumps(body), 60)}`",
+                                           "422, one line naming the field")
+                                          for case, body in _bad_bodies(10)])
 def test_invalid_ids_types_and_lengths_get_4xx_with_one_line(client, sidecar) -> None:
     failures = []
     for case, body in _bad_bodies(sidecar["n_items"]):
@@ -315,6 +326,7 @@ def test_invalid_ids_types_and_lengths_get_4xx_with_one_line(client, sidecar) ->
 
 
 @pytest.mark.parametrize("case,raw", RAW_BAD, ids=[c for c, _ in RAW_BAD])
+@pytest.mark.hostile("HTTP", describe=lambda case, raw: (f"`{case}`: `{short(raw, 50)}`", "422, one line"))
 def test_malformed_bodies_get_422_with_one_line(client, case, raw) -> None:
     """Every body that is not a valid request is 422, however it fails: deeply nested JSON (which makes the
     parser itself give up) was 400 (issue 18, item 9)."""
@@ -323,6 +335,8 @@ def test_malformed_bodies_get_422_with_one_line(client, case, raw) -> None:
     assert r.status_code == 422, (r.status_code, r.text[:200])
 
 
+@pytest.mark.hostile("HTTP", rows=[("a 12,000-event history (within the body limit)",
+                                   "200, truncated to the most recent history_length events; every id still checked")])
 def test_a_long_history_within_the_body_limit_is_truncated_not_refused(client, sidecar) -> None:
     """The README says long histories are truncated; an undocumented cap of 10,000 events answered 422
     (issue 18, item 9). The body limit (413) is the only size limit."""
@@ -341,6 +355,8 @@ def test_a_long_history_within_the_body_limit_is_truncated_not_refused(client, s
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
                                           None])
+@pytest.mark.hostile("HTTP", describe=lambda content_type: (
+    f"valid JSON sent with Content-Type `{content_type or '(none)'}`", "415, one line, before the body is read"))
 def test_a_body_that_is_not_declared_json_gets_415(client, content_type) -> None:
     """`text/plain` answered 422 "Input should be a valid dictionary" (issue 18, item 9); curl -d without a
     content-type header sends application/x-www-form-urlencoded."""
@@ -420,12 +436,14 @@ def _send(client, raw: bytes) -> None:
 
 @FUZZ
 @given(body=_JSON | st.dictionaries(st.sampled_from([*_KEYS, "user"]), _JSON, max_size=5))
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 arbitrary JSON documents", "never 5xx; every 4xx one line")])
 def test_fuzz_arbitrary_json_never_5xx(client, body) -> None:
     _send(client, json.dumps(body).encode())  # NaN/Infinity as the non-standard literals json.dumps writes
 
 
 @FUZZ
 @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 arbitrary byte strings and texts", "never 5xx; every 4xx one line")])
 def test_fuzz_arbitrary_bytes_never_5xx(client, raw) -> None:
     _send(client, raw)
 
@@ -457,6 +475,8 @@ def _nasty(n: int) -> st.SearchStrategy:
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 valid bodies with one or two faults (edge values, extra "
+                                   "fields, unbalanced lists)", "never 5xx; every 4xx one line")])
 def test_fuzz_valid_looking_bodies_never_5xx(client, sidecar, data) -> None:
     """A valid body with one or two faults: a list element replaced or added (an edge value, arbitrary
     JSON, or a valid value that unbalances items/events), an element removed, a whole field replaced or
@@ -583,6 +603,8 @@ def test_sidecar_format_matches_the_exporter() -> None:
 
 
 @pytest.mark.parametrize("case,corrupt,faulty,needle", CORRUPT, ids=[c[0] for c in CORRUPT])
+@pytest.mark.hostile("file", describe=lambda case, faulty, needle: (
+    f"`serve --model`, {case.replace('-', ' ')}", f"exit 2, one line naming {faulty}: `{short(needle)}`"))
 def test_corrupt_model_is_refused_at_load_with_one_line(model, model_digest, tmp_path, case, corrupt, faulty,
                                                         needle) -> None:
     d = tmp_path / "export" / "swapped"  # a copy next to the other exports' sidecars (for the fp16 case)

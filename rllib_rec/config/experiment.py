@@ -135,6 +135,10 @@ class RunSettings:
         "selected one (best.json) and is the one evaluated, exported and served. 0 = off: the last one", min=0
     )
     validation_seed: int = spec(2_000_000, "first seed of the validation episodes (disjoint from eval seeds)", min=0)
+    curve_episodes: int = spec(
+        50, "with run.validation_episodes 0: greedy episodes on validation seeds after each checkpoint, for the "
+        "learning curve's greedy return (selects nothing; 0 = none)", min=0
+    )
     seed: int = spec(0, "seed of training", min=0)
     output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go")
     experiment: str = spec("rllib-rec", "MLflow experiment name")
@@ -148,6 +152,12 @@ class RunSettings:
     env_step_timeout_s: float | None = spec(
         60.0, "a step/reset running longer than this raises (then handled as a crash); null = no watchdog", gt=0.0
     )
+
+    @property
+    def checkpoint_episodes(self) -> int:
+        """Greedy episodes played on validation seeds for each checkpoint (0 = none): run.validation_episodes
+        (which also selects the best checkpoint), else run.curve_episodes (the learning curve only)."""
+        return self.validation_episodes or self.curve_episodes
 
 
 @dataclass
@@ -182,9 +192,9 @@ class ExperimentConfig:
         if self.faults.env_crash_rate + self.faults.env_hang_rate > 1.0:
             raise ConfigError("faults.env_hang_rate", "faults.env_crash_rate + faults.env_hang_rate must be <= 1")
         r = self.run
-        if r.validation_episodes and (r.validation_seed < r.eval_seed + r.eval_episodes
-                                      and r.eval_seed < r.validation_seed + r.validation_episodes):
-            raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + r.validation_episodes - 1} "
+        n_val = r.checkpoint_episodes
+        if n_val and (r.validation_seed < r.eval_seed + r.eval_episodes and r.eval_seed < r.validation_seed + n_val):
+            raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + n_val - 1} "
                               f"overlap the evaluation seeds {r.eval_seed}..{r.eval_seed + r.eval_episodes - 1}")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:
             raise ConfigError("dqn.train_batch_size", f"must be <= dqn.replay_capacity ({self.dqn.replay_capacity}), "

@@ -23,6 +23,9 @@ from rllib_rec.config.schema import ConfigError, build, flatten, merge_dicts, sp
 
 __all__ = [
     "DEFAULT_METRIC",
+    "METRICS",
+    "TRAINING_METRIC",
+    "VALIDATION_METRIC",
     "SWEEPABLE",
     "Distribution",
     "SweepSettings",
@@ -32,7 +35,15 @@ __all__ = [
 ]
 
 
-DEFAULT_METRIC = "env_runners/episode_return_mean"
+# What a trial reports (Tune's '/'-joined result keys). The winner is ranked by VALIDATION_METRIC: the greedy
+# return of each checkpoint on validation seeds (what an export deploys), measured by the trial when it
+# writes the checkpoint (rllib_rec.tuning.trainable). ASHA needs a value at every iteration, so by default it
+# reads TRAINING_METRIC, the epsilon-greedy training return (in sessions with stock-outs): it only decides
+# which trials go on, never which checkpoint wins.
+VALIDATION_METRIC = "validation/return_mean"
+TRAINING_METRIC = "env_runners/episode_return_mean"
+DEFAULT_METRIC = VALIDATION_METRIC
+METRICS = (VALIDATION_METRIC, TRAINING_METRIC)
 
 # Experiment key path -> path inside ``DQNConfig.to_dict()`` (what Tune samples and RLlib's
 # ``update_from_dict`` reads back). ``model.*`` keys live in the algorithm-level ``model_config``; see
@@ -113,8 +124,13 @@ class SweepSettings:
     num_samples: int = spec(1, "samples (each repeats the whole grid)", min=1)
     max_concurrent_trials: int = spec(2, "trials running at once", min=1)
     cpus_per_trial: float = spec(1.0, "CPUs of a trial's main process (env runners add 1 CPU each)", gt=0.0)
-    metric: str = spec(DEFAULT_METRIC, "result key to rank trials by (Tune's '/'-joined name)")
-    mode: Literal["max", "min"] = spec("max", "maximise or minimise the metric")
+    metric: Literal["validation/return_mean", "env_runners/episode_return_mean"] = spec(
+        VALIDATION_METRIC, "ranks every trial checkpoint; the best one wins (best.json): 'validation/return_mean' "
+        "(greedy return on run.validation_seed+ users, measured per checkpoint) or the training return")
+    asha_metric: Literal["env_runners/episode_return_mean", "validation/return_mean"] = spec(
+        TRAINING_METRIC, "what ASHA compares at its rungs (needs a value every iteration: the training return, "
+        "or validation/return_mean with a checkpoint every iteration)")
+    mode: Literal["max", "min"] = spec("max", "maximise or minimise both metrics")
     storage_path: str = spec("runs/sweeps", "where Tune writes trials (local dir, or a cloud URI on a cluster)")
     checkpoint_every: int | None = spec(None, "checkpoint every N iterations (default: run.checkpoint_every)", min=1)
     max_failures: int = spec(2, "retries of a trial that errors, from its last checkpoint (the sweep goes on "
@@ -255,6 +271,13 @@ def load_sweep_config(path: str | os.PathLike[str], overrides: Sequence[str] = (
         raise e.with_source(source) from None
     if sw.max_t is not None and sw.max_t > exp.run.iterations:
         raise ConfigError("sweep.max_t", f"must be <= run.iterations ({exp.run.iterations})", source)
+    every = sw.checkpoint_every or exp.run.checkpoint_every
+    if sw.scheduler == "asha" and sw.asha_metric == VALIDATION_METRIC and every != 1:
+        raise ConfigError("sweep.asha_metric", f"{VALIDATION_METRIC} is measured only at checkpoints; ASHA needs it "
+                          f"every iteration: set sweep.checkpoint_every to 1 (it is {every})", source)
+    if VALIDATION_METRIC in (sw.metric, sw.asha_metric) and not exp.run.checkpoint_episodes:
+        raise ConfigError("sweep.metric", f"{VALIDATION_METRIC} needs validation episodes: run.validation_episodes "
+                          "or run.curve_episodes > 0", source)
     if sw.scheduler == "asha" and sw.grace_period > (sw.max_t or exp.run.iterations):
         # ASHAScheduler asserts this when the sweep starts, after Ray.
         raise ConfigError("sweep.grace_period", f"must be <= sweep.max_t or run.iterations "
