@@ -315,6 +315,7 @@ def test_invalid_ids_types_and_lengths_get_4xx_with_one_line(client, sidecar) ->
         r = client.post("/recommend", content=json.dumps(body).encode(), headers=JSON_HEADERS)
         try:
             detail = _assert_4xx(r.status_code, r.content)
+            assert r.status_code == 422, r.status_code
         except AssertionError as e:
             failures.append(f"{case}: {e}")
             continue
