@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from rllib_rec.console import verbose
 from rllib_rec.errors import RequestError, ServeError
 
 __all__ = [
@@ -168,10 +169,10 @@ class Recommender:
         self.path = path
 
         # LiteRT's C++ runtime logs straight to fd 2 (e.g. its XNNPACK note): held back while loading, so a
-        # refused model is exactly one line of error, and replayed once the model has loaded.
+        # refused model is exactly one line of error, and replayed once the model has loaded (with --verbose).
         with _NativeStderr() as native:
             self._load(blob, model_path, signature, threads)
-        if native.text:
+        if native.text and verbose():
             sys.stderr.write(native.text)
 
     def _load(self, blob: bytes, model_path: str | os.PathLike[str], signature: str, threads: int) -> None:

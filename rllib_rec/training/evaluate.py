@@ -119,6 +119,7 @@ def evaluate_checkpoint(
     ckpt = resolve_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt)
     n, first = n_episodes or cfg.run.eval_episodes, cfg.run.eval_seed if seed is None else seed
+    module = load_module(ckpt)  # first: an unreadable checkpoint is one line of error, nothing before it
     if log is not None:
         given = Path(checkpoint).expanduser().resolve()
         if given == ckpt:
@@ -129,5 +130,4 @@ def evaluate_checkpoint(
             how = f", the latest of run {given}"
         log(f"evaluating checkpoint {ckpt} (iteration {checkpoint_meta(ckpt).get('iteration', '?')}{how}) "
             f"on {n} episodes, seeds {first}..{first + n - 1}")
-    module = load_module(ckpt)
     return evaluation_table(module, cfg.env, n, first)
