@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch from the index and pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test test-slow bench lint clean help
+.PHONY: venv demo test test-slow bench lint clean help hostile-doc
 
 help:
 	@echo "make demo       set up .venv and run the main job on embedded defaults"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-slow  learning runs and other slow tests"
 	@echo "make bench      benchmark scripts (print tables)"
 	@echo "make lint       ruff and the import contracts (lint-imports)"
+	@echo "make hostile-doc  regenerate docs/hostile-inputs.md from the tests' hostile marks"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,13 @@ bench: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+
+# The modules listed here are tests/test_hostile_doc.py's MARKED (that test checks the doc is current).
+HOSTILE_TESTS := test_cli.py test_config.py test_hostile_files.py test_sweep.py test_serve_faults.py \
+	test_serve.py test_ope.py test_export.py test_train.py
+hostile-doc: venv
+	$(PY) -m pytest --collect-only -q -p no:cacheprovider $(addprefix tests/,$(HOSTILE_TESTS)) \
+		--hostile-table docs/hostile-inputs.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

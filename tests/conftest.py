@@ -71,3 +71,66 @@ def start_serve(cmd: list[str], env: dict[str, str]):  # noqa: ANN201 — (port,
             proc.kill()
             pytest.fail(f"server did not start: {proc.communicate()[0][-2000:]}")
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The table of hostile inputs (docs/hostile-inputs.md) is generated from the tests that try them: each such
+# test carries `@pytest.mark.hostile(kind, describe=..., rows=...)`, where `describe(**params)` turns one
+# parametrised case into (input, outcome) and `rows` lists the cases of a test that loops over them itself.
+# `pytest --collect-only --hostile-table PATH FILES` writes the table (`make hostile-doc`);
+# tests/test_hostile_doc.py fails when the committed file is not what the tests say.
+HOSTILE_KINDS = {"config": "Configuration (files and --set)", "CLI": "Command-line options",
+                 "file": "Files (configs, logs, checkpoints, models, datasets)", "HTTP": "HTTP requests to `serve`"}
+
+
+def short(value: object, limit: int = 70) -> str:
+    """A one-line, clipped, Markdown-safe rendering of a test input."""
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, bytes):
+        text = repr(value)
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = f"{text[:limit - 12]}... ({len(value) if hasattr(value, '__len__') else len(text):,} long)"
+    return text.replace("|", "\\|").replace("`", "'")
+
+
+def pytest_addoption(parser) -> None:  # noqa: ANN001
+    parser.addoption("--hostile-table", metavar="PATH", default=None,
+                     help="write the Markdown table of hostile inputs (from @pytest.mark.hostile) to PATH")
+
+
+def pytest_collection_finish(session) -> None:  # noqa: ANN001
+    path = session.config.getoption("--hostile-table")
+    if not path:
+        return
+    rows: dict[str, list[tuple[str, str, str]]] = {k: [] for k in HOSTILE_KINDS}
+    seen: set[tuple[str, str]] = set()
+    for item in session.items:
+        mark = item.get_closest_marker("hostile")
+        if mark is None:
+            continue
+        kind = mark.args[0]
+        test = f"`{item.path.name}::{item.originalname}`"
+        describe, static = mark.kwargs.get("describe"), mark.kwargs.get("rows")
+        if describe is not None:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            found = [describe(**{k: v for k, v in params.items() if k in describe.__code__.co_varnames})]
+        else:
+            if (item.path.name, item.originalname) in seen:
+                continue
+            seen.add((item.path.name, item.originalname))
+            found = list(static() if callable(static) else static)
+        rows[kind] += [(what, outcome, test) for what, outcome in found]
+    lines = ["# Hostile inputs", "",
+             "Every hostile input the test suite tries, with the outcome it asserts. Generated from the tests "
+             "(their `@pytest.mark.hostile` marks and parameters) by `make hostile-doc`; "
+             "`tests/test_hostile_doc.py` fails when this file is out of step with them. \"One line\" means one "
+             "`rllib-rec COMMAND: error: ...` line on stderr and exit status 2, with no traceback; HTTP errors "
+             "are `{\"detail\": \"<one line>\"}`.", ""]
+    for kind, title in HOSTILE_KINDS.items():
+        if not rows[kind]:
+            continue
+        lines += [f"## {title}", "", "| # | input | outcome | test |", "|---|---|---|---|"]
+        lines += [f"| {i} | {what} | {outcome} | {test} |" for i, (what, outcome, test) in enumerate(rows[kind], 1)]
+        lines.append("")
+    pathlib.Path(path).write_text("\n".join(lines), encoding="utf-8")

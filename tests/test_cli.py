@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import short
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -62,6 +63,8 @@ def test_baselines_default_config_prints_table() -> None:
         (("baselines", "--config", "configs/debug.yaml", "--policies", "genius"), "unknown policy 'genius'"),
     ],
 )
+@pytest.mark.hostile("CLI", describe=lambda args, needle: (f"`rllib-rec {short(' '.join(args))}`",
+                                                           f"one line: `{short(needle)}`"))
 def test_bad_input_exits_nonzero_with_one_line(args, needle) -> None:
     out = run_cli(*args)
     assert out.returncode == 2

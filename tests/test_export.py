@@ -118,6 +118,8 @@ def test_logged_to_the_checkpoint_run_and_registered(exported, trained_debug) ->
     assert metrics["export_none_top1_agreement"] == 1.0
 
 
+@pytest.mark.hostile("file", rows=[("checkpoint whose converted weights differ from the trained ones (one tensor + 0.5)",
+                                   "one line: parity gate failed; nothing written")])
 def test_corrupted_weight_fails_the_gate_and_writes_nothing(trained_debug, tmp_path, monkeypatch, capsys) -> None:
     import rllib_rec.deploy.export as export
 
@@ -139,6 +141,8 @@ def test_corrupted_weight_fails_the_gate_and_writes_nothing(trained_debug, tmp_p
     assert not out.exists()  # no model, no sidecar, no temp dir, not even the output directory
 
 
+@pytest.mark.hostile("CLI", rows=[("`export --out` a directory that already holds the export",
+                                  "one line: already exists; nothing changed")])
 def test_refuses_to_overwrite_an_export(exported, trained_debug, capsys) -> None:
     before = _digest(exported)
     rc = main(["export", "--checkpoint", str(trained_debug.checkpoint), "--out", str(exported), "--no-mlflow"])
@@ -147,6 +151,8 @@ def test_refuses_to_overwrite_an_export(exported, trained_debug, capsys) -> None
     assert _digest(exported) == before
 
 
+@pytest.mark.hostile("file", rows=[("`export --best` a JSON without `checkpoint`, not JSON, or naming no checkpoint",
+                                   "one line each")])
 def test_best_json_names_the_checkpoint(trained_debug, tmp_path) -> None:
     ckpt = trained_debug.checkpoint
     best = tmp_path / "best.json"
@@ -169,6 +175,8 @@ def test_best_json_names_the_checkpoint(trained_debug, tmp_path) -> None:
         resolve_source(best=str(best))
 
 
+@pytest.mark.hostile("CLI", rows=[("`export --quantize int4`", "one line: choose from none, fp16, dynamic-int8"),
+                                  ("`export --samples 10`", "one line: --samples must be >= 1000")])
 def test_bad_options_are_one_line_errors(trained_debug, capsys) -> None:
     for args, needle in [
         (["--quantize", "int4"], "--quantize 'int4': choose from none, fp16, dynamic-int8"),
@@ -189,3 +197,42 @@ def test_gate_logic() -> None:
     assert "top-1" in check_gate({**ok, "top1_agreement": 0.98}, "dynamic-int8")
     assert "non-finite" in check_gate({**ok, "max_abs_diff": float("nan")}, "fp16")
     assert "masked" in check_gate({**ok, "masked_ok": False}, "none")
+
+
+@pytest.mark.hostile("CLI", rows=[("`export --out` an existing file", "one line at once (< 10 s), the file untouched")])
+def test_out_naming_an_existing_file_is_refused_at_once(trained_debug, tmp_path) -> None:
+    """Issue 18, item 2: `export --out <an existing file>` worked for 15 s, then exited 1 with a
+    FileExistsError traceback. Now: one line, exit 2, before the checkpoint is even restored."""
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"not mine to overwrite")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "rllib_rec", "export", "--checkpoint", str(trained_debug.checkpoint),
+                           "--out", str(target), "--no-mlflow"], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).parent.parent)
+    elapsed = time.monotonic() - t0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0] == (f"rllib-rec export: error: --out {target}: exists and is not a directory (give a directory "
+                        "for the model files)")
+    assert elapsed < 10, elapsed  # no checkpoint restore, no conversion (the old failure came after ~15 s)
+    assert target.read_bytes() == b"not mine to overwrite"
+
+
+def test_re_exporting_a_checkpoint_reuses_its_model_version(exported, trained_debug, tmp_path, capsys) -> None:
+    """Issue 18, item 12: re-exporting the same checkpoint registered a new model version each time, and
+    "registered ..." was printed twice. The version whose tags name the same checkpoint, mode and file
+    SHA-256 is reused, and the summary says so, once."""
+    client = mlflow.MlflowClient(trained_debug.tracking_uri)
+    before = {v.version for v in client.search_model_versions("name='rllib-rec-debug'")}
+    float_version = next(v.version for v in client.search_model_versions("name='rllib-rec-debug'")
+                         if v.tags["quantization"] == "none")
+    assert main(["export", "--checkpoint", str(trained_debug.checkpoint), "--out", str(tmp_path / "again")]) == 0
+    out, err = capsys.readouterr()
+    assert {v.version for v in client.search_model_versions("name='rllib-rec-debug'")} == before
+    assert f"registered rllib-rec-debug/{float_version} (none; already registered" in out
+    assert (out + err).count("registered rllib-rec-debug") == 1
+    assert (tmp_path / "again" / "model.tflite").read_bytes() == (exported / "model.tflite").read_bytes()

@@ -42,6 +42,11 @@ BILLION_LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
                            + ["name: *i"]) + "\n"
 
 
+HOSTILE_CONFIGS = {"bomb.yaml": "YAML alias bomb (billion laughs)", "deep.yaml": "mapping nested 200 deep",
+                   "python.yaml": "`!!python/object/apply:os.system` tag", "big.yaml": "a file over 1 MiB",
+                   "binary.yaml": "binary bytes, not YAML"}
+
+
 @pytest.mark.parametrize("name, text, needle", [
     ("bomb.yaml", BILLION_LAUGHS, "aliases are not allowed"),
     ("deep.yaml", "run: " + "{a: " * 200 + "1" + "}" * 200 + "\n", ""),
@@ -49,6 +54,9 @@ BILLION_LAUGHS = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
     ("big.yaml", "# " + "x" * MAX_CONFIG_BYTES + "\n", f"larger than {MAX_CONFIG_BYTES} bytes"),
     ("binary.yaml", "\x00\x01\x02 not yaml \xff", ""),
 ])
+@pytest.mark.hostile("file", describe=lambda name, needle: (
+    f"`train --config {name}`: {HOSTILE_CONFIGS[name]}",
+    "one line naming the file" + (f": `{needle}`" if needle else "") + "; nothing created or modified"))
 def test_hostile_config_files_are_refused(tmp_path: Path, capsys, name: str, text: str, needle: str) -> None:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
@@ -60,6 +68,10 @@ def test_hostile_config_files_are_refused(tmp_path: Path, capsys, name: str, tex
     assert not Path("/tmp/rllib_rec_pwned").exists()
 
 
+@pytest.mark.hostile("file", rows=[
+    ("`train --offline` a foreign Parquet file (Open Bandit Dataset rows)", "one line: not an rllib-rec interaction log"),
+    ("`ope --logs` a foreign Parquet file", "one line naming the file"),
+    ("`ope --logs` a Parquet file cut after 1,000 bytes", "one line: truncated or corrupt")])
 def test_foreign_parquet_is_refused_by_offline_training_and_ope(tmp_path: Path, capsys) -> None:
     out = tmp_path / "runs"
     _refused(capsys, ["train", "--config", str(DEBUG), "--offline", str(FOREIGN_PARQUET), "--set",
@@ -81,6 +93,9 @@ def corrupt_run(trained_debug, tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.hostile("file", rows=[
+    (f"checkpoint whose module weights are garbage, to `{cmd}`", "one line: unreadable checkpoint; nothing modified")
+    for cmd in ("export", "evaluate", "train --resume")])
 def test_corrupt_checkpoint_is_refused_by_export_evaluate_and_resume(corrupt_run: Path, tmp_path: Path,
                                                                        capsys) -> None:
     before = _digest(corrupt_run)

@@ -251,3 +251,51 @@ def test_cli_ope_checkpoint_target(trained_debug, tmp_path, capsys) -> None:
                  "--episodes", "2", "--out", str(other)]) == 0
     assert main(["ope", "--logs", str(other), "--checkpoint", str(trained_debug.checkpoint)]) == 2
     assert "checkpoint expects 10 items" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gamma", ["5", "-1", "1.0001", "nan"])
+@pytest.mark.hostile("CLI", describe=lambda gamma: (f"`ope --gamma {gamma}`", "one line: --gamma must be in [0, 1]"))
+def test_cli_ope_gamma_outside_0_1_is_one_line(capsys, gamma) -> None:
+    """Issue 18, item 11: --gamma 5 and -1 were accepted and printed values like 1.5e+15."""
+    assert main(["ope", "--obd", str(OBD), "--gamma", gamma]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gamma must be in [0, 1]" in err[0], err
+
+
+@pytest.mark.parametrize("where", ["missing", "file"])
+@pytest.mark.hostile("file", describe=lambda where: (
+    f"`ope --obd` {'a path that does not exist' if where == 'missing' else 'a file'}",
+    "one line naming that path: " + ("no such directory" if where == "missing" else "not a directory")))
+def test_cli_ope_obd_names_the_directory(tmp_path, capsys, where) -> None:
+    """Issue 18, item 14: a missing --obd directory was reported as a missing .npy inside it."""
+    path = tmp_path / "nonexistent"
+    if where == "file":
+        path.write_text("not a directory")
+    assert main(["ope", "--obd", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rllib-rec ope: error: {path}: "), err
+    assert ("no such directory" if where == "missing" else "not a directory") in err[0] and ".npy" not in err[0]
+
+
+@pytest.mark.hostile("file", rows=[("`ope` on uniform logs far from the target (trajectory ESS a few of 200)",
+                                   "estimate marked LOW and a warning line beside the table")])
+def test_low_effective_sample_size_is_flagged_beside_the_estimate(tmp_path, capsys) -> None:
+    """Issue 18, item 11: trajectory IS with an ESS of 5 out of 200 printed a number with no warning. Uniform
+    logs over 10 items and a deterministic target: a 3-step trajectory matches the target with probability
+    1/1000, so the trajectory weights' ESS is a handful of the 200 episodes."""
+    from rllib_rec.offpolicy.estimators import LOW_ESS_FRACTION, Estimate, low_ess
+
+    assert low_ess(Estimate("x", 0, 0, 0, ess=19.9, n=200)) and not low_ess(Estimate("x", 0, 0, 0, ess=20, n=200))
+    assert LOW_ESS_FRACTION == 0.1 and not low_ess(Estimate("DM", 0, 0, 0, ess=None, n=200))
+    logs = tmp_path / "logs.parquet"
+    assert main(["collect", "--config", "configs/seed.yaml", "--set", "env.max_steps=3", "--policy", "random",
+                 "--episodes", "200", "--out", str(logs)]) == 0
+    capsys.readouterr()
+    assert main(["ope", "--logs", str(logs), "--policy", "history", "--n-bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("trajectory IS"))
+    assert " LOW " in f"{row} "
+    warning = next(line for line in out.splitlines() if line.startswith("warning: trajectory IS (episode return)"))
+    assert "effective sample size" in warning and "of 200 " in warning and "< 10%" in warning
+    ips = next(line for line in out.splitlines() if line.startswith("SNIPS"))
+    assert "LOW" not in ips  # per-step weights: 600 rows, ESS ~ 60 at least

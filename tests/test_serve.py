@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import start_serve
+from conftest import short, start_serve
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -111,6 +111,8 @@ def test_long_history_is_truncated_to_the_most_recent(server, exported) -> None:
     ({"events": [3]}, "items: Field required"),
     ({"items": [1], "events": [3], "user": "x"}, "user: Extra inputs are not permitted"),
 ])
+@pytest.mark.hostile("HTTP", describe=lambda body, needle: (f"`{short(json.dumps(body))}`",
+                                                             f"422: `{short(needle)}`"))
 def test_invalid_requests_get_422_with_a_clear_message(server, body, needle) -> None:
     status, resp = _call(server[0], "/recommend", body)
     assert status == 422 and needle in resp["detail"], resp

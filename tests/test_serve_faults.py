@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import start_serve
+from conftest import short, start_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +145,7 @@ def small_server(model):
 
 
 # ---------------------------------------------------------------------------------------------- 1. body size
+@pytest.mark.hostile("HTTP", rows=[("body of 65,537 bytes (64 KiB + 1), to any route", "413, one line; 65,536 bytes: 200")])
 def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
     from rllib_rec.deploy.serve import DEFAULT_MAX_BODY_BYTES
 
@@ -160,6 +161,7 @@ def test_default_limit_is_64_kib_and_the_boundary_is_exact(client) -> None:
     assert r.status_code == 413
 
 
+@pytest.mark.hostile("HTTP", rows=[("endless streamed (chunked) body", "413 after reading just past the limit")])
 def test_endless_streamed_body_is_cut_off_at_the_limit(rec) -> None:
     """Driven as ASGI with a receive() that never ends the body: the app must answer 413 after reading
     just past the limit (TestClient would buffer a streamed body itself, so it cannot show this)."""
@@ -188,6 +190,8 @@ def test_endless_streamed_body_is_cut_off_at_the_limit(rec) -> None:
     assert pulled == 11  # 11 x 1000 bytes is the first read past 10_000; nothing more was pulled
 
 
+@pytest.mark.hostile("HTTP", rows=[("`Content-Length: 1000000000000`, 1 byte sent", "413 at once, connection closed"),
+                                  ("`Expect: 100-continue` with an oversized Content-Length", "413, no 100 Continue")])
 def test_declared_oversize_is_refused_before_the_body_is_sent(small_server) -> None:
     port, proc = small_server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -206,6 +210,8 @@ def test_declared_oversize_is_refused_before_the_body_is_sent(small_server) -> N
     assert proc.poll() is None
 
 
+@pytest.mark.hostile("HTTP", rows=[("chunked body growing without end over a real socket",
+                                   "413 while it streams, long before 4 MiB; the server keeps serving")])
 def test_chunked_oversize_is_cut_off_while_still_streaming(small_server) -> None:
     port, proc = small_server
     chunk = b" " * 4096
@@ -247,6 +253,8 @@ def test_cli_limit_boundary_and_the_server_keeps_serving(small_server) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
+@pytest.mark.hostile("CLI", describe=lambda value: (f"`serve --max-body-bytes {value}`",
+                                                    "one line: must be a positive integer"))
 def test_bad_max_body_bytes_is_a_one_line_error(model, value) -> None:
     proc = subprocess.run(_serve_cmd("--model", str(model), "--port", str(_free_port()), "--max-body-bytes",
                                      value), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
@@ -271,7 +279,6 @@ def _bad_bodies(n: int) -> list[tuple[str, object]]:
                     "string": "2", "null": None}.items():
         cases.append((f"k-{name}", {"items": [0], "events": [3], "k": v}))
     cases += [
-        ("items-too-long", {"items": [0] * 10_001, "events": [3] * 10_001}),
         ("candidates-longer-than-catalogue", {"items": [], "events": [], "candidates": list(range(n)) + [0]}),
         ("candidates-20000", {"items": [], "events": [], "candidates": [0] * 20_000}),
         ("candidates-empty", {"items": [], "events": [], "candidates": []}),
@@ -299,12 +306,16 @@ RAW_BAD = [
 ]
 
 
+@pytest.mark.hostile("HTTP", rows=lambda: [(f"`{case}`: `{short(json.dumps(body), 60)}`",
+                                           "422, one line naming the field")
+                                          for case, body in _bad_bodies(10)])
 def test_invalid_ids_types_and_lengths_get_4xx_with_one_line(client, sidecar) -> None:
     failures = []
     for case, body in _bad_bodies(sidecar["n_items"]):
         r = client.post("/recommend", content=json.dumps(body).encode(), headers=JSON_HEADERS)
         try:
             detail = _assert_4xx(r.status_code, r.content)
+            assert r.status_code == 422, r.status_code
         except AssertionError as e:
             failures.append(f"{case}: {e}")
             continue
@@ -316,9 +327,91 @@ def test_invalid_ids_types_and_lengths_get_4xx_with_one_line(client, sidecar) ->
 
 
 @pytest.mark.parametrize("case,raw", RAW_BAD, ids=[c for c, _ in RAW_BAD])
-def test_malformed_bodies_get_4xx_with_one_line(client, case, raw) -> None:
+@pytest.mark.hostile("HTTP", describe=lambda case, raw: (f"`{case}`: `{short(raw, 50)}`", "422, one line"))
+def test_malformed_bodies_get_422_with_one_line(client, case, raw) -> None:
+    """Every body that is not a valid request is 422, however it fails: deeply nested JSON (which makes the
+    parser itself give up) was 400 (issue 18, item 9)."""
     r = client.post("/recommend", content=raw, headers=JSON_HEADERS)
     _assert_4xx(r.status_code, r.content)
+    assert r.status_code == 422, (r.status_code, r.text[:200])
+
+
+@pytest.mark.hostile("HTTP", rows=[("a 12,000-event history (within the body limit)",
+                                   "200, truncated to the most recent history_length events; every id still checked")])
+def test_a_long_history_within_the_body_limit_is_truncated_not_refused(client, sidecar) -> None:
+    """The README says long histories are truncated; an undocumented cap of 10,000 events answered 422
+    (issue 18, item 9). The body limit (413) is the only size limit."""
+    n = 12_000
+    body = {"items": [i % sidecar["n_items"] for i in range(n)], "events": [3] * n, "k": 2}
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["truncated"] is True and r.json()["history_used"] == sidecar["history_length"]
+    h = sidecar["history_length"]
+    recent = client.post("/recommend", json={"items": body["items"][-h:], "events": body["events"][-h:], "k": 2})
+    assert recent.json()["recommendations"] == r.json()["recommendations"]
+    # Every id is still checked, old ones included.
+    r = client.post("/recommend", json={**body, "items": [sidecar["n_items"], *body["items"][1:]]})
+    assert r.status_code == 422 and "items[0]" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          None])
+@pytest.mark.hostile("HTTP", describe=lambda content_type: (
+    f"valid JSON sent with Content-Type `{content_type or '(none)'}`", "415, one line, before the body is read"))
+def test_a_body_that_is_not_declared_json_gets_415(client, content_type) -> None:
+    """`text/plain` answered 422 "Input should be a valid dictionary" (issue 18, item 9); curl -d without a
+    content-type header sends application/x-www-form-urlencoded."""
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/recommend", content=b'{"items": [1], "events": [3]}', headers=headers)
+    detail = _assert_4xx(r.status_code, r.content)
+    assert r.status_code == 415 and "Content-Type must be application/json" in detail, detail
+    for ok in ("application/json; charset=utf-8", "application/vnd.api+json"):
+        assert client.post("/recommend", content=b'{"items": [1], "events": [3]}',
+                           headers={"content-type": ok}).status_code == 200
+
+
+def test_415_is_decided_before_the_body_is_read(small_server) -> None:
+    port, proc = small_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 10000\r\n\r\n{")  # 1 byte of 10,000 sent
+        status, headers, body = _read_response(s)
+    assert status == 415 and headers["connection"] == "close" and "text/plain" in _assert_4xx(status, body)
+    assert proc.poll() is None
+
+
+def test_openapi_error_schema_is_what_the_server_sends(client) -> None:
+    """The schema declared `detail` as an array (FastAPI's HTTPValidationError) while every error body is
+    {"detail": "<one line>"} (issue 18, item 9): each declared 4xx of /recommend now points at a schema whose
+    `detail` is a string, no schema declares a list of validation errors, and real 413/415/422 answers
+    validate against the declared schema."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    responses = spec["paths"]["/recommend"]["post"]["responses"]
+    assert {"413", "415", "422"} <= set(responses)
+    for code in ("413", "415", "422"):
+        ref = responses[code]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert schemas[ref]["properties"]["detail"]["type"] == "string" and schemas[ref]["required"] == ["detail"]
+    assert not any(s.get("properties", {}).get("detail", {}).get("type") == "array" for s in schemas.values())
+    from rllib_rec.deploy.serve import ErrorResponse
+
+    answers = [client.post("/recommend", json={"items": [-1], "events": [3]}),
+               client.post("/recommend", content=b"[" * 30_000, headers=JSON_HEADERS),
+               client.post("/recommend", content=b"{}", headers={"content-type": "text/plain"}),
+               client.post("/recommend", content=b" " * (70 * 1024), headers=JSON_HEADERS)]
+    assert [a.status_code for a in answers] == [422, 422, 415, 413]
+    for a in answers:
+        ErrorResponse.model_validate_json(a.content, strict=True)
+
+
+def test_no_page_needs_the_internet(client) -> None:
+    """/docs loaded Swagger UI from a CDN and was blank offline (issue 18, item 9): interactive docs are off
+    (a plain 404 instead of a blank page) and the schema itself is served."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json() == {"detail": "Not Found"}, (path, r.status_code)
+    r = client.get("/openapi.json")
+    assert r.status_code == 200 and "/recommend" in r.json()["paths"]
 
 
 def test_echoed_input_is_clipped(client) -> None:
@@ -344,12 +437,14 @@ def _send(client, raw: bytes) -> None:
 
 @FUZZ
 @given(body=_JSON | st.dictionaries(st.sampled_from([*_KEYS, "user"]), _JSON, max_size=5))
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 arbitrary JSON documents", "never 5xx; every 4xx one line")])
 def test_fuzz_arbitrary_json_never_5xx(client, body) -> None:
     _send(client, json.dumps(body).encode())  # NaN/Infinity as the non-standard literals json.dumps writes
 
 
 @FUZZ
 @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 arbitrary byte strings and texts", "never 5xx; every 4xx one line")])
 def test_fuzz_arbitrary_bytes_never_5xx(client, raw) -> None:
     _send(client, raw)
 
@@ -381,6 +476,8 @@ def _nasty(n: int) -> st.SearchStrategy:
 
 @FUZZ
 @given(data=st.data())
+@pytest.mark.hostile("HTTP", rows=[("hypothesis: 300 valid bodies with one or two faults (edge values, extra "
+                                   "fields, unbalanced lists)", "never 5xx; every 4xx one line")])
 def test_fuzz_valid_looking_bodies_never_5xx(client, sidecar, data) -> None:
     """A valid body with one or two faults: a list element replaced or added (an edge value, arbitrary
     JSON, or a valid value that unbalances items/events), an element removed, a whole field replaced or
@@ -507,6 +604,8 @@ def test_sidecar_format_matches_the_exporter() -> None:
 
 
 @pytest.mark.parametrize("case,corrupt,faulty,needle", CORRUPT, ids=[c[0] for c in CORRUPT])
+@pytest.mark.hostile("file", describe=lambda case, faulty, needle: (
+    f"`serve --model`, {case.replace('-', ' ')}", f"exit 2, one line naming {faulty}: `{short(needle)}`"))
 def test_corrupt_model_is_refused_at_load_with_one_line(model, model_digest, tmp_path, case, corrupt, faulty,
                                                         needle) -> None:
     d = tmp_path / "export" / "swapped"  # a copy next to the other exports' sidecars (for the fp16 case)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import short
 
 from rllib_rec.config.schema import ConfigError
 from rllib_rec.config.sweep import SWEEPABLE, load_sweep_config
@@ -48,7 +49,19 @@ def test_sweep_yaml_loads() -> None:
     ("env.preset: {choice: [seed]}", "sweep.search_space.env.preset", "not sweepable"),
     ("dqn.gamma: {grid: [0.9, 1.5]}", "sweep.search_space.dqn.gamma", "value 1.5 is invalid"),
     ("model.embed_dim: {uniform: [2, 64]}", "sweep.search_space.model.embed_dim", "is invalid"),
+    ("model.embed_dim: {uniform: [8, 64]}", "sweep.search_space.model.embed_dim.uniform",
+     "is invalid for an integer key"),
+    # Each value is valid with the base experiment (embed_dim 16, num_heads 1); one combination is not.
+    ("model.embed_dim: {grid: [16, 18]}\n    model.num_heads: {choice: [1, 4]}", "sweep.search_space",
+     "the combination model.embed_dim=18, model.num_heads=4 gives an invalid experiment: model.embed_dim: "
+     "must be divisible by model.num_heads (4), got 18"),
+    ("model.num_heads: {grid: [3]}", "sweep.search_space.model.num_heads", "must be divisible"),
+    ("dqn.n_step: {grid: [1, 10]}", "sweep.search_space.dqn.n_step", "must be <= dqn.rollout_fragment_length"),
+    ("dqn.train_batch_size: {choice: [32, 8192]}", "sweep.search_space.dqn.train_batch_size",
+     "must be <= dqn.replay_capacity"),
 ])
+@pytest.mark.hostile("config", describe=lambda space, key, problem: (
+    f"sweep file, `search_space: {short(space, 110)}`", f"one line naming `{key}`: {short(problem, 110)}"))
 def test_bad_search_space_is_one_line_error(tmp_path: Path, space: str, key: str, problem: str) -> None:
     p = _write(tmp_path, f"base: debug.yaml\nsweep:\n  search_space:\n    {space}\n")
     with pytest.raises(ConfigError) as e:
@@ -67,7 +80,10 @@ def test_bad_search_space_is_one_line_error(tmp_path: Path, space: str, key: str
      "sweep.search_space.dqn.per_alpha"),
     ("base: debug.yaml\ndqn: {lr: -1}\nsweep: {}\n", "dqn.lr"),
     ("base: nothere.yaml\nsweep: {}\n", "nothere.yaml"),
+    ("base: debug.yaml\nsweep: {grace_period: 4}\n", "sweep.grace_period"),  # > run.iterations (3)
 ])
+@pytest.mark.hostile("config", describe=lambda text, key: (f"sweep file `{short(text, 110)}`",
+                                                             f"one line naming `{key}`"))
 def test_bad_sweep_settings(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_sweep_config(_write(tmp_path, text))
@@ -83,6 +99,35 @@ def test_max_overlap() -> None:
     assert max_overlap([(0, 2), (1, 3), (2.5, 4), (5, 6)]) == 2
     assert max_overlap([(0, 1), (1, 2)]) == 1  # touching intervals do not overlap
     assert max_overlap([]) == 0
+
+
+def test_search_space_combinations_beyond_the_cap_are_checked_pairwise(tmp_path: Path, monkeypatch) -> None:
+    from rllib_rec.config import sweep
+
+    monkeypatch.setattr(sweep, "MAX_COMBINATIONS", 3)  # 2 x 2 x 2 = 8 combinations > 3: pairs
+    p = _write(tmp_path, "base: debug.yaml\nsweep:\n  search_space:\n    model.embed_dim: {grid: [16, 18]}\n"
+                         "    model.num_heads: {choice: [1, 4]}\n    dqn.lr: {grid: [0.001, 0.002]}\n")
+    with pytest.raises(ConfigError, match="model.embed_dim=18, model.num_heads=4 gives an invalid"):
+        load_sweep_config(p)
+
+
+@pytest.mark.hostile("config", rows=[(
+    "`tune` with `model.embed_dim: {grid: [16, 32]}` x `model.num_heads: {choice: [3]}`",
+    "one line, before Ray starts and before any sweep directory exists")])
+def test_tune_refuses_an_invalid_combination_before_ray_starts(tmp_path: Path, capsys) -> None:
+    """Issue 18, item 1: the whole search space is checked before any trial (and before Ray starts)."""
+    import sys as _sys
+
+    from rllib_rec.cli import main
+
+    p = _write(tmp_path, "base: debug.yaml\nsweep:\n  search_space:\n    model.embed_dim: {grid: [16, 32]}\n"
+                         "    model.num_heads: {choice: [3]}\n")
+    assert main(["tune", "--config", str(p), "--set", f"sweep.storage_path={tmp_path / 'sweeps'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.num_heads" in err and "divisible" in err, err
+    assert not (tmp_path / "sweeps").exists()
+    ray = _sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
 
 
 def test_cli_refuses_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,23 +166,42 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
     sweep_dir = tmp_path / "sweeps" / "debug-sweep"
     best = json.loads((sweep_dir / "best.json").read_text())
 
-    # The table is sorted by the metric (best first).
+    # The table is sorted by each trial's best checkpoint (best first).
     table = (sweep_dir / "trials.txt").read_text().splitlines()[2:]
-    values = [float(line.split()[4]) for line in table]
+    values = [float(line.split()[5]) for line in table]
     assert len(values) == 4 and values == sorted(values, reverse=True)
 
-    # best.json names the trial with the best final metric, as Tune's own ResultGrid says.
+    # Issue 18, item 6: the winner is a checkpoint, ranked by its greedy return on validation seeds, and
+    # best.json, best_checkpoint/ and the summary all name the same checkpoint, iteration and value.
+    rows = _trial_rows(sweep_dir)
+    scored = [(r["validation"]["return_mean"], t, r["training_iteration"]) for t, rs in rows.items() for r in rs
+              if "validation" in r]
+    assert len(scored) == sum(len(rs) for rs in rows.values())  # checkpoint_every=1: every iteration scored
+    assert best["metric"] == "validation/return_mean" and best["value"] == pytest.approx(max(scored)[0])
+    winner = [r for r in rows[Path(best["trial_dir"]).name] if r["training_iteration"] == best["iteration"]]
+    assert len(winner) == 1 and winner[0]["validation"]["return_mean"] == pytest.approx(best["value"])
+    assert winner[0]["validation"]["episodes"] == best["validation_episodes"] == 50
+    meta = json.loads((sweep_dir / "best_checkpoint" / "rllib_rec.json").read_text())
+    assert (meta["iteration"], meta["trial"], meta["trial_checkpoint"]) == (best["iteration"], best["trial"],
+                                                                          best["trial_checkpoint"])
+    assert meta["value"] == pytest.approx(best["value"])
+    assert (f"best trial {best['trial']}: validation/return_mean={best['value']:.4g} at iteration "
+            f"{best['iteration']}") in proc.stdout
+    assert proc.stdout.count("best.json:") == 1 and "best.json" not in proc.stderr  # printed once
+
     from ray import tune
 
     from rllib_rec.tuning.trainable import TunedDQN
 
     grid = tune.Tuner.restore(str(sweep_dir), trainable=TunedDQN).get_results()
     assert len(grid) == 4 and grid.num_errors == 0
-    top = grid.get_best_result(metric="env_runners/episode_return_mean", mode="max", scope="last")
-    assert best["trial"] == top.metrics["trial_id"]
-    assert best["value"] == pytest.approx(top.metrics["env_runners"]["episode_return_mean"])
+    (ckpt_metrics,) = [m for r in grid for c, m in r.best_checkpoints if c.path == best["trial_checkpoint"]]
+    assert ckpt_metrics["training_iteration"] == best["iteration"]  # the copied checkpoint is that iteration's
+    assert ckpt_metrics["validation"]["return_mean"] == pytest.approx(best["value"])
+    src, dst = Path(best["trial_checkpoint"]), sweep_dir / "best_checkpoint"
+    for f in src.rglob("module_state*"):
+        assert (dst / f.relative_to(src)).read_bytes() == f.read_bytes()
     assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.gamma"}
-    assert best["config"]["model.embed_dim"] == top.config["_model_config"]["qnet"]["embed_dim"]
 
     # Concurrency: two trials' [start, end] intervals overlap (Tune ran 2 at once on 2 CPUs).
     rows = _trial_rows(sweep_dir)
@@ -173,6 +237,10 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
                               text=True, timeout=300, cwd=ROOT)
     assert exp_proc.returncode == 0, exp_proc.stderr[-3000:]
     assert list((tmp_path / "export").glob("*.tflite"))
+    sidecar = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert sidecar["source_iteration"] == best["iteration"]  # the export says the same iteration too
+    eval_cfg = checkpoint_config(ck).run  # validation seeds are disjoint from the evaluation seeds
+    assert best["validation_seed"] >= eval_cfg.eval_seed + eval_cfg.eval_episodes
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from rllib_rec.training.tracking import UNSENT_FILE, connect
 from rllib_rec.tuning.callbacks import trial_tracking_callback
 
 ROOT = Path(__file__).parent.parent
-METRIC = "env_runners/episode_return_mean"
+METRIC = "validation/return_mean"  # configs/sweep.yaml's sweep.metric: only in results of checkpoint iterations
 
 
 class FakeTrial:
@@ -32,10 +32,13 @@ class FakeTrial:
 
 
 def _result(i: int) -> dict:
-    return {"training_iteration": i,
-            "env_runners": {"num_env_steps_sampled_lifetime": 100 * i, "episode_return_mean": 1.0 + i,
-                            "episode_len_mean": 20.0},
-            "learners": {"default_policy": {"qf_loss": 0.5 / i}}}
+    result = {"training_iteration": i,
+              "env_runners": {"num_env_steps_sampled_lifetime": 100 * i, "episode_return_mean": 1.0 + i,
+                              "episode_len_mean": 20.0},
+              "learners": {"default_policy": {"qf_loss": 0.5 / i}}}
+    if i % 2 == 0:  # a checkpoint iteration: the trial scored the checkpoint on validation seeds
+        result["validation"] = {"return_mean": 3.0 + i, "episodes": 50, "seed": 2_000_000, "seconds": 0.5}
+    return result
 
 
 @pytest.fixture
@@ -81,7 +84,8 @@ def test_trial_run_gets_the_experiment_config_and_metrics_through_an_outage(stor
     assert run.data.tags["sweep"] == "debug-sweep" and run.data.tags["trial_id"] == "a0001"
     history = store["client"].get_metric_history(run.info.run_id, "episode_return_mean")
     assert [(m.step, m.value) for m in history] == [(100, 2.0), (200, 3.0), (300, 4.0), (400, 5.0)]
-    assert len(store["client"].get_metric_history(run.info.run_id, METRIC)) == 4
+    validated = store["client"].get_metric_history(run.info.run_id, METRIC)
+    assert [(m.step, m.value) for m in validated] == [(200, 5.0), (400, 7.0)]
     assert store["refused"] >= 2
     assert sum("failed" in line for line in store["lines"]) == 1  # reported once, not per write
     assert sum("is back" in line for line in store["lines"]) == 1

@@ -137,10 +137,12 @@ def _one_line_error(out: subprocess.CompletedProcess, needle: str) -> None:
     assert "error:" in last and needle in last, out.stderr[-2000:]
 
 
+@pytest.mark.hostile("file", rows=[("`evaluate --checkpoint` a path that does not exist", "one line: no such checkpoint")])
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     _one_line_error(_cli("evaluate", "--checkpoint", str(tmp_path / "nope")), "no such checkpoint")
 
 
+@pytest.mark.hostile("file", rows=[("`evaluate` a checkpoint with garbage weights", "one line: unreadable checkpoint; untouched")])
 def test_corrupt_checkpoint_is_a_clear_error_and_untouched(run, tmp_path) -> None:
     bad = tmp_path / "iter_bad"
     shutil.copytree(run.checkpoint, bad)
@@ -151,6 +153,8 @@ def test_corrupt_checkpoint_is_a_clear_error_and_untouched(run, tmp_path) -> Non
     assert _tree_digest(bad) == before
 
 
+@pytest.mark.hostile("config", rows=[("`train --resume RUN --set model.embed_dim=64`",
+                                     "one line: does not match the checkpoint's config; checkpoints untouched")])
 def test_resume_with_a_different_model_is_refused(run, tmp_path) -> None:
     before = _tree_digest(run.run_dir / "checkpoints")
     out = _cli("train", "--config", DEBUG, "--resume", str(run.run_dir), "--set", "model.embed_dim=64")
@@ -158,6 +162,8 @@ def test_resume_with_a_different_model_is_refused(run, tmp_path) -> None:
     assert _tree_digest(run.run_dir / "checkpoints") == before
 
 
+@pytest.mark.hostile("config", rows=[("`MLFLOW_TRACKING_URI=http://127.0.0.1:9` (nothing listening)",
+                                     "one line before training; no run directory")])
 def test_unreachable_tracking_uri_fails_before_training(tmp_path) -> None:
     out = _cli("train", "--config", DEBUG, "--set", f"run.output_dir={tmp_path}",
                env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
@@ -209,6 +215,8 @@ def test_validation_selects_the_best_checkpoint_and_survives_resume(tmp_path) ->
     assert res2.checkpoint.name == max(scores2, key=lambda k: (scores2[k], k))
 
 
+@pytest.mark.hostile("config", rows=[("`--set run.validation_seed=1000005` (overlaps the evaluation seeds)",
+                                     "one line naming run.validation_seed")])
 def test_validation_seeds_overlapping_eval_seeds_are_refused(tmp_path) -> None:
     out = _cli("train", "--config", DEBUG, "--set", f"run.output_dir={tmp_path}", "--set",
                "run.validation_episodes=10", "--set", "run.validation_seed=1000005")
@@ -216,6 +224,8 @@ def test_validation_seeds_overlapping_eval_seeds_are_refused(tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.hostile("file", rows=[("run directory whose best.json names a missing checkpoint",
+                                   "one line: not a complete checkpoint")])
 def test_corrupt_best_json_is_a_clear_error(tmp_path) -> None:
     run_dir = tmp_path / "r"
     (run_dir / "checkpoints").mkdir(parents=True)

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from rllib_rec.agent.registry import RUNTIME_KEY, register_rllib_env
-from rllib_rec.agent.runtime import set_torch_threads, use_torch_keras_backend
+from rllib_rec.agent.runtime import import_rllib_quietly, set_torch_threads, use_torch_keras_backend
 from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.config.schema import to_dict
@@ -60,6 +60,7 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
     ``model_config`` at the algorithm level, where Tune resolves search spaces (it does not look inside
     the ``RLModuleSpec`` object; RLlib merges both levels into the same dict)."""
     use_torch_keras_backend()
+    import_rllib_quietly()
     # Imported only now: ray.rllib imports TensorFlow, which imports Keras and freezes its backend.
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -109,6 +110,8 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
             learner_class=WeightedDQNTorchLearner,
             learner_config_dict=learner_config(cfg),
         )
+        # model_config=None would replace RLlib's default model_config dict (its validate() then fails), so
+        # the algorithm-level one is given only for a trial.
         .rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule,
                                                 model_config=None if trial_cpus else model_config),
                    **({"model_config": model_config} if trial_cpus else {}))

@@ -8,6 +8,7 @@ workers get it exactly once, through the ``runtime_env`` given to ``ray.init`` h
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -15,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rllib_rec.console import held_native_stderr, verbose
 from rllib_rec.errors import ResourceError, UsageError
 
-__all__ = ["KERAS_ENV", "AUTOSCALER_ENV", "use_torch_keras_backend", "init_ray", "set_torch_threads",
-           "cluster_can_grow", "run_cpu_need", "trial_cpu_need", "check_run_resources", "check_sweep_resources"]
+__all__ = ["KERAS_ENV", "AUTOSCALER_ENV", "use_torch_keras_backend", "import_rllib_quietly", "init_ray",
+           "set_torch_threads", "cluster_can_grow", "run_cpu_need", "trial_cpu_need", "check_run_resources",
+           "check_sweep_resources"]
 
 KERAS_ENV = {"KERAS_BACKEND": "torch"}
 # "1": the cluster has an autoscaler (skip the CPU check); "0": it has none (always check). Unset: see
@@ -47,6 +50,25 @@ def use_torch_keras_backend() -> None:
     os.environ["KERAS_BACKEND"] = "torch"
 
 
+def import_rllib_quietly() -> None:
+    """Import TensorFlow (which ``ray.rllib`` imports) with its C++ start-up lines held back, and lower Ray's
+    and RLlib's loggers to errors — unless verbose (:mod:`rllib_rec.console`). Call it right before the
+    first ``ray.rllib`` import, after :func:`use_torch_keras_backend`; a no-op after the first call."""
+    if verbose():
+        return
+    if "tensorflow" not in sys.modules:
+        with held_native_stderr():  # absl prints its "cudart stub" notes before any flag can stop them
+            import tensorflow  # noqa: F401
+    _quiet_ray_loggers()
+
+
+def _quiet_ray_loggers() -> None:
+    import ray  # noqa: F401 — sets up the "ray" loggers (levels INFO, ray.rllib WARNING) on first import
+
+    for name in ("ray", "ray.rllib", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def set_torch_threads(n: int) -> None:
     # One intra-op thread is fastest for this small net on 2 cores (2 threads under load were 10x slower).
     import torch
@@ -64,6 +86,12 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         return
     global _started_local
     _started_local = False
+    if not verbose():
+        # Ray's own INFO/WARNING lines (token auth, "Started a local Ray instance", RLlib's notes) are hidden;
+        # so is what Ray workers (trials, env runners) print. Errors still reach the driver through Ray
+        # (a failed trial, a dead env runner) and the workers' logs stay in Ray's session directory.
+        _quiet_ray_loggers()
+        kwargs = {"logging_level": logging.ERROR, "log_to_driver": False, **kwargs}
     # Inside `ray job submit` the job supervisor hands the driver its runtime_env (which carries KERAS_ENV)
     # through this variable; Ray refuses a second runtime_env that sets the same variable.
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -80,8 +108,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         num_cpus=num_cpus,
         include_dashboard=False,
         runtime_env={"env_vars": dict(KERAS_ENV)},
-        log_to_driver=True,
-        **kwargs,
+        **{"log_to_driver": True, **kwargs},
     )
 
 

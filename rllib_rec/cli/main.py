@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from rllib_rec.cli.parser import build_parser
+from rllib_rec.console import VERBOSE_ENV, configure
 from rllib_rec.errors import RllibRecError
 from rllib_rec.training.tracking import redact
 
@@ -18,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    configure(args.verbose or os.environ.get(VERBOSE_ENV) == "1")  # before any command imports Ray/TF/MLflow
     try:
         rc = args.func(args)
     except RllibRecError as e:

@@ -69,7 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, required=False)
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap samples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--gamma", type=float, default=1.0, help="discount of the episode-return estimators (default 1)")
+    p.add_argument("--gamma", type=float, default=1.0, help="discount of the episode-return estimators, in [0, 1] "
+                   "(default 1)")
     p.set_defaults(func=_cmd_ope)
 
 
@@ -118,10 +119,10 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 
 def _cmd_ope(args: argparse.Namespace) -> None:
-    from rllib_rec.offpolicy.estimators import estimates_table
-
     if args.n_bootstrap < 2:
         raise UsageError(f"--n-bootstrap must be >= 2, got {args.n_bootstrap}")
+    if not 0.0 <= args.gamma <= 1.0:  # NaN fails this too
+        raise UsageError(f"--gamma must be in [0, 1], got {args.gamma:g}")
     if args.obd:
         from rllib_rec.offpolicy.obd import evaluate_obd
 
@@ -130,14 +131,14 @@ def _cmd_ope(args: argparse.Namespace) -> None:
         results = evaluate_obd(args.obd, n_bootstrap=args.n_bootstrap, seed=args.seed)
         for i, (name, ests) in enumerate(results.items()):
             print(("\n" if i else "") + f"Open Bandit Dataset: {name} (reward = click)")
-            print(estimates_table(ests))
+            _print_estimates(ests)
             ratio = ests[0].value / ests[-1].value
             print(f"IPS / logged click rate = {ratio:.6f}")
         return
-    _ope_logs(args, estimates_table)
+    _ope_logs(args)
 
 
-def _ope_logs(args: argparse.Namespace, estimates_table) -> None:  # noqa: ANN001
+def _ope_logs(args: argparse.Namespace) -> None:
     from envs import ECommerceEnv, make_env_config
     from rllib_rec.offpolicy.estimators import evaluate_logs, target_distribution
     from rllib_rec.offpolicy.logs import log_arrays, read_logs, read_metadata
@@ -177,4 +178,12 @@ def _ope_logs(args: argparse.Namespace, estimates_table) -> None:  # noqa: ANN00
           f"{', '.join(sorted(set(arrays.policy_id.tolist())))})")
     print("IPS/SNIPS/DM/DR estimate the expected reward per decision on the logged states"
           + ("; PDIS / trajectory IS estimate the episode return" if (arrays.step > 0).any() else ""))
+    _print_estimates(ests)
+
+
+def _print_estimates(ests) -> None:  # noqa: ANN001
+    from rllib_rec.offpolicy.estimators import estimates_table, low_ess_warnings
+
     print(estimates_table(ests))
+    for line in low_ess_warnings(ests):  # beside the table, on stdout with it
+        print(line)

@@ -8,6 +8,8 @@ from rllib_rec.cli import deploy, offpolicy, run, tune
 
 __all__ = ["build_parser"]
 
+VERBOSE_HELP = ("also show the start-up warnings and logs of Ray, RLlib, TensorFlow/absl and MLflow, and Ray "
+                "workers' output (hidden by default)")
 EPILOG = """\
 Config files are YAML with sections env, model, dqn, run (see configs/ and README). Override any key
 with --set section.key=value (repeatable), e.g. --set env.preset=seed --set dqn.lr=1e-3.
@@ -21,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in (run, tune, deploy, offpolicy):
         group.add_parsers(sub)
+    for command in sub.choices.values():  # also after the command: `rllib-rec train ... --verbose`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser

@@ -17,6 +17,7 @@ from rllib_rec.cli.common import (
     add_config_args,
 )
 from rllib_rec.config import load_config
+from rllib_rec.console import echo
 from rllib_rec.errors import UsageError
 from rllib_rec.tables import policy_table
 
@@ -119,7 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.no_tracking and args.tracking_uri:
         raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
     result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
-                   offline=args.offline, track=not args.no_tracking)
+                   offline=args.offline, track=not args.no_tracking, log=echo)
     print("\n".join(summary_lines(result)))
 
 
@@ -128,7 +129,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.episodes is not None and args.episodes < 2:
         raise UsageError(f"--episodes must be >= 2 for a confidence interval, got {args.episodes}")
-    print(policy_table(evaluate_checkpoint(args.checkpoint, args.episodes, args.seed)))
+    print(policy_table(evaluate_checkpoint(args.checkpoint, args.episodes, args.seed,
+                                           log=lambda s: echo(s, file=sys.stderr))))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

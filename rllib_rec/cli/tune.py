@@ -12,6 +12,7 @@ import sys
 from rllib_rec.cli.common import (
     add_config_args,
 )
+from rllib_rec.console import echo
 from rllib_rec.errors import UsageError
 
 __all__ = ["add_parsers"]
@@ -22,7 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "tune",
         help="hyperparameter sweep with Ray Tune (ASHA), every trial in MLflow, best checkpoint -> best.json",
         description="Run tune.Tuner on the DQN config of the sweep file's base experiment with sweep.search_space "
-        "sampled into it; print the trials sorted by sweep.metric and write <storage_path>/<name>/best.json "
+        "sampled into it; every checkpoint is scored by its greedy return on validation seeds; print the trials "
+        "sorted by their best checkpoint's sweep.metric and write <storage_path>/<name>/best.json "
         "(consumed by `rllib-rec export --best`). --resume continues an interrupted sweep without rerunning "
         "finished trials.",
     )
@@ -35,11 +37,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from rllib_rec.tuning.sweep import run_sweep
+    from rllib_rec.config.sweep import load_sweep_config
 
     if args.no_tracking and args.tracking_uri:
         raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
+    load_sweep_config(args.config, args.overrides)  # the whole search space, in a second, before Ray/RLlib load
+    from rllib_rec.tuning.sweep import best_lines, run_sweep
+
     res = run_sweep(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
-                    log=lambda s: print(s, file=sys.stderr), track=not args.no_tracking)
-    print(f"best.json: {res.best_json}")
-    print(f"best checkpoint: {res.best['checkpoint']}  ({res.best['metric']}={res.best['value']:.4g})")
+                    log=lambda s: echo(s, file=sys.stderr), track=not args.no_tracking)
+    print("\n".join(best_lines(res)))

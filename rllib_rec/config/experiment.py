@@ -82,7 +82,8 @@ class ModelConfig:
     )
 
     def validate(self) -> None:
-        # Rules the network enforces when it is built (QNetSpec.validate), checked here before Ray starts.
+        # Rules the network enforces when it is built (QNetSpec.validate), checked here before Ray starts
+        # (tests/test_config.py checks that each rule here is one the network or RLlib would enforce later).
         if self.embed_dim % self.num_heads:
             raise ConfigError("embed_dim", f"must be divisible by model.num_heads ({self.num_heads}), got {self.embed_dim}")
 
@@ -148,6 +149,10 @@ class RunSettings:
         "selected one (best.json) and is the one evaluated, exported and served. 0 = off: the last one", min=0
     )
     validation_seed: int = spec(2_000_000, "first seed of the validation episodes (disjoint from eval seeds)", min=0)
+    curve_episodes: int = spec(
+        50, "with run.validation_episodes 0: greedy episodes on validation seeds after each checkpoint, for the "
+        "learning curve's greedy return (selects nothing; 0 = none)", min=0
+    )
     seed: int = spec(0, "seed of training", min=0)
     output_dir: str = spec("runs", "where runs, checkpoints and the local MLflow store go (a directory path; "
                            "under `rllib-rec submit` an absolute one on storage the cluster shares)")
@@ -170,6 +175,12 @@ class RunSettings:
         if "://" in self.output_dir:
             raise ConfigError("output_dir", f"must be a directory path (on a cluster: a shared filesystem), got "
                               f"{self.output_dir!r}; object storage is for sweeps (sweep.storage_path=s3://...)")
+
+    @property
+    def checkpoint_episodes(self) -> int:
+        """Greedy episodes played on validation seeds for each checkpoint (0 = none): run.validation_episodes
+        (which also selects the best checkpoint), else run.curve_episodes (the learning curve only)."""
+        return self.validation_episodes or self.curve_episodes
 
 
 @dataclass
@@ -205,12 +216,17 @@ class ExperimentConfig:
         if self.faults.env_crash_rate + self.faults.env_hang_rate > 1.0:
             raise ConfigError("faults.env_hang_rate", "faults.env_crash_rate + faults.env_hang_rate must be <= 1")
         r = self.run
-        if r.validation_episodes and (r.validation_seed < r.eval_seed + r.eval_episodes
-                                      and r.eval_seed < r.validation_seed + r.validation_episodes):
-            raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + r.validation_episodes - 1} "
+        n_val = r.checkpoint_episodes
+        if n_val and (r.validation_seed < r.eval_seed + r.eval_episodes and r.eval_seed < r.validation_seed + n_val):
+            raise ConfigError("run.validation_seed", f"seeds {r.validation_seed}..{r.validation_seed + n_val - 1} "
                               f"overlap the evaluation seeds {r.eval_seed}..{r.eval_seed + r.eval_episodes - 1}")
         if self.dqn.train_batch_size > self.dqn.replay_capacity:
-            raise ConfigError("dqn.train_batch_size", "must be <= dqn.replay_capacity")
+            raise ConfigError("dqn.train_batch_size", f"must be <= dqn.replay_capacity ({self.dqn.replay_capacity}), "
+                              f"got {self.dqn.train_batch_size}")
+        # RLlib's DQNConfig.validate: an n-step transition must fit in one sampled fragment.
+        if self.dqn.n_step > self.dqn.rollout_fragment_length:
+            raise ConfigError("dqn.n_step", f"must be <= dqn.rollout_fragment_length ({self.dqn.rollout_fragment_length}), "
+                              f"got {self.dqn.n_step}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

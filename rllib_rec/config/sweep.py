@@ -8,17 +8,24 @@ form, where Tune samples it (``rllib_rec.tuning.search_space``).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from envs.config import EnvConfigError
 from rllib_rec.config.experiment import ExperimentConfig, config_from_dict, parse_overrides, read_yaml
 from rllib_rec.config.schema import SAFE_NAME, SAFE_NAME_DOC, ConfigError, build, flatten, merge_dicts, spec
 
 __all__ = [
     "DEFAULT_METRIC",
+    "METRICS",
+    "TRAINING_METRIC",
+    "VALIDATION_METRIC",
     "SWEEPABLE",
     "Distribution",
     "SweepSettings",
@@ -28,7 +35,15 @@ __all__ = [
 ]
 
 
-DEFAULT_METRIC = "env_runners/episode_return_mean"
+# What a trial reports (Tune's '/'-joined result keys). The winner is ranked by VALIDATION_METRIC: the greedy
+# return of each checkpoint on validation seeds (what an export deploys), measured by the trial when it
+# writes the checkpoint (rllib_rec.tuning.trainable). ASHA needs a value at every iteration, so by default it
+# reads TRAINING_METRIC, the epsilon-greedy training return (in sessions with stock-outs): it only decides
+# which trials go on, never which checkpoint wins.
+VALIDATION_METRIC = "validation/return_mean"
+TRAINING_METRIC = "env_runners/episode_return_mean"
+DEFAULT_METRIC = VALIDATION_METRIC
+METRICS = (VALIDATION_METRIC, TRAINING_METRIC)
 
 # Experiment key path -> path inside ``DQNConfig.to_dict()`` (what Tune samples and RLlib's
 # ``update_from_dict`` reads back). ``model.*`` keys live in the algorithm-level ``model_config``; see
@@ -110,8 +125,13 @@ class SweepSettings:
     num_samples: int = spec(1, "samples (each repeats the whole grid)", min=1)
     max_concurrent_trials: int = spec(2, "trials running at once", min=1)
     cpus_per_trial: float = spec(1.0, "CPUs of a trial's main process (env runners add 1 CPU each)", gt=0.0)
-    metric: str = spec(DEFAULT_METRIC, "result key to rank trials by (Tune's '/'-joined name)")
-    mode: Literal["max", "min"] = spec("max", "maximise or minimise the metric")
+    metric: Literal["validation/return_mean", "env_runners/episode_return_mean"] = spec(
+        VALIDATION_METRIC, "ranks every trial checkpoint; the best one wins (best.json): 'validation/return_mean' "
+        "(greedy return on run.validation_seed+ users, measured per checkpoint) or the training return")
+    asha_metric: Literal["env_runners/episode_return_mean", "validation/return_mean"] = spec(
+        TRAINING_METRIC, "what ASHA compares at its rungs (needs a value every iteration: the training return, "
+        "or validation/return_mean with a checkpoint every iteration)")
+    mode: Literal["max", "min"] = spec("max", "maximise or minimise both metrics")
     storage_path: str = spec("runs/sweeps", "where Tune writes trials (local dir, or a cloud URI on a cluster)")
     checkpoint_every: int | None = spec(None, "checkpoint every N iterations (default: run.checkpoint_every)", min=1)
     max_failures: int = spec(2, "retries of a trial that errors, from its last checkpoint (the sweep goes on "
@@ -144,7 +164,8 @@ def nested(key: str, value: Any) -> dict[str, Any]:
     return out
 
 def _check_search_space(exp: ExperimentConfig, space: Mapping[str, Distribution], source: str) -> None:
-    """Unknown, unmapped or out-of-range keys are one-line errors before Ray starts."""
+    """Unknown, unmapped or out-of-range keys are one-line errors before Ray starts; then every combination
+    of the values (:func:`_check_combinations`)."""
     known = flatten(exp.to_dict())
     base = exp.to_dict()
     for key, dist in space.items():
@@ -165,7 +186,69 @@ def _check_search_space(exp: ExperimentConfig, space: Mapping[str, Distribution]
             except ConfigError as e:
                 raise ConfigError(path, f"value {v!r} is invalid: {e}", source) from None
             coerced.append(flatten(cfg.to_dict())[key])  # schema types (YAML reads 1e-4 as a string)
+        if dist.kind in ("uniform", "loguniform") and isinstance(known[key], int) and not isinstance(known[key], bool):
+            # Tune would sample 17.3 for an integer key, and rules such as embed_dim % num_heads cannot be
+            # checked for the inside of a range.
+            raise ConfigError(f"{path}.{dist.kind}", "is invalid for an integer key (Tune samples non-integers "
+                              "from a range); list the values with grid or choice", source)
         setattr(dist, dist.kind, coerced)
+    _check_combinations(exp, space, source)
+
+
+MAX_COMBINATIONS = 100_000  # beyond this, every pair of values is checked (each cross-field rule joins two keys)
+
+
+def _check_combinations(exp: ExperimentConfig, space: Mapping[str, Distribution], source: str) -> None:
+    """Every combination of the swept values (the ends of continuous ranges) must be a valid experiment, so
+    that no trial fails on a cross-field rule (``model.embed_dim % model.num_heads``, ``dqn.n_step <=
+    dqn.rollout_fragment_length``, ...) after Ray has started. Each value alone was checked against the
+    base experiment already; here the values are set together and the sections' ``validate`` rules rerun
+    (no re-parsing, so a large grid costs milliseconds). Search spaces with more than
+    :data:`MAX_COMBINATIONS` combinations get every pair of values checked instead: each rule of the
+    schema relates two keys."""
+    keys = [k for k in space if len(space[k].values) > 0]
+    if len(keys) < 2:
+        return
+    values = [space[k].values for k in keys]
+    if math.prod(len(v) for v in values) <= MAX_COMBINATIONS:
+        combos: Iterator[tuple[tuple[str, Any], ...]] = (tuple(zip(keys, c, strict=True))
+                                                          for c in itertools.product(*values))
+    else:
+        combos = (((keys[i], a), (keys[j], b)) for i, j in itertools.combinations(range(len(keys)), 2)
+                  for a in values[i] for b in values[j])
+    for combo in combos:
+        try:
+            _validate_variant(exp, combo)
+        except ConfigError as e:
+            setting = ", ".join(f"{k}={v!r}" for k, v in combo)
+            raise ConfigError("sweep.search_space", f"the combination {setting} gives an invalid experiment: "
+                              f"{e.path}: {e.problem}", source) from None
+
+
+def _validate_variant(exp: ExperimentConfig, combo: Sequence[tuple[str, Any]]) -> None:
+    """Set ``combo``'s (already schema-checked) values into ``exp`` and rerun every cross-field rule on the
+    way from each changed field up to the experiment (ConfigError with the full key path)."""
+    variant: Any = exp
+    for key, value in combo:
+        variant = _replace_path(variant, key.split("."), value)
+    touched = {tuple(key.split(".")[:-1]) for key, _ in combo}
+    prefixes = {p[:i] for p in touched for i in range(len(p) + 1)}
+    for prefix in sorted(prefixes, key=len, reverse=True):  # innermost sections first, the experiment last
+        node = variant
+        for part in prefix:
+            node = getattr(node, part)
+        check = getattr(node, "validate", None)
+        if callable(check):
+            try:
+                check()
+            except (ConfigError, EnvConfigError) as e:
+                full = ".".join([*prefix, e.path]) if prefix and not e.path.startswith(f"{prefix[0]}.") else e.path
+                raise ConfigError(full, e.problem) from None
+
+
+def _replace_path(obj: Any, parts: Sequence[str], value: Any) -> Any:
+    head, *rest = parts
+    return dataclasses.replace(obj, **{head: _replace_path(getattr(obj, head), rest, value) if rest else value})
 
 def load_sweep_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep YAML (+ ``--set`` overrides, ``sweep.*`` included) and validate all of it."""
@@ -189,6 +272,17 @@ def load_sweep_config(path: str | os.PathLike[str], overrides: Sequence[str] = (
         raise e.with_source(source) from None
     if sw.max_t is not None and sw.max_t > exp.run.iterations:
         raise ConfigError("sweep.max_t", f"must be <= run.iterations ({exp.run.iterations})", source)
+    every = sw.checkpoint_every or exp.run.checkpoint_every
+    if sw.scheduler == "asha" and sw.asha_metric == VALIDATION_METRIC and every != 1:
+        raise ConfigError("sweep.asha_metric", f"{VALIDATION_METRIC} is measured only at checkpoints; ASHA needs it "
+                          f"every iteration: set sweep.checkpoint_every to 1 (it is {every})", source)
+    if VALIDATION_METRIC in (sw.metric, sw.asha_metric) and not exp.run.checkpoint_episodes:
+        raise ConfigError("sweep.metric", f"{VALIDATION_METRIC} needs validation episodes: run.validation_episodes "
+                          "or run.curve_episodes > 0", source)
+    if sw.scheduler == "asha" and sw.grace_period > (sw.max_t or exp.run.iterations):
+        # ASHAScheduler asserts this when the sweep starts, after Ray.
+        raise ConfigError("sweep.grace_period", f"must be <= sweep.max_t or run.iterations "
+                          f"({sw.max_t or exp.run.iterations}), got {sw.grace_period}", source)
     _check_search_space(exp, sw.search_space, source)
     scfg = SweepConfig(exp, sw, source)
     if "://" not in sw.storage_path and scfg.sweep_dir.resolve().parent != scfg.sweep_dir.parent:

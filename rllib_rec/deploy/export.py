@@ -16,6 +16,7 @@ existing export is never overwritten and a failed command leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import numpy as np
 from envs import EVENT_NAMES, ECommerceEnv
 from rllib_rec.agent.runtime import set_torch_threads
 from rllib_rec.agent.spec import MASKED_Q
+from rllib_rec.console import progress, ticking
 from rllib_rec.deploy.convert import INPUTS, SIGNATURE, tflite_ops
 from rllib_rec.errors import ExportError
 from rllib_rec.training.checkpoints import (
@@ -230,32 +232,40 @@ def export_checkpoint(
     # Tracking first: fail in seconds, before any conversion work, if the store is unusable.
     uri, experiment_id = _connect_tracking(ckpt, cfg, out_dir, tracking_uri) if track else (None, None)
 
-    t0 = time.perf_counter()
-    module = load_module(ckpt)
-    set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
-    weights = _module_weights(module)
-    obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
-    log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
-        f"({time.perf_counter() - t0:.1f}s)")
+    # Progress: three stages (the conversion, a TensorFlow child process, is most of the time).
+    with progress(3, "export", unit="stage") as bar, ticking(bar):
+        bar.set_postfix_str("restoring the checkpoint, reference Q-values", refresh=False)
+        t0 = time.perf_counter()
+        module = load_module(ckpt)
+        set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
+        weights = _module_weights(module)
+        obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
+        log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
+            f"({time.perf_counter() - t0:.1f}s)")
+        bar.update(1)
 
-    created_out = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
-    ok = False
-    try:
-        # The checkpoint's own network spec, as it was trained, is what the converter rebuilds.
-        result = _convert(work, module.spec.to_dict(), weights, obs, q_ref, modes, log)
-        _gate(result, modes, ckpt)
-        _write_files(work, targets, result, ckpt, cfg, meta, samples)
-        ok = True
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if not ok and created_out and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed export leaves no trace, not even the directory it would have made
+        created_out = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
+        ok = False
+        try:
+            # The checkpoint's own network spec, as it was trained, is what the converter rebuilds.
+            bar.set_postfix_str(f"converting {', '.join(modes)} (TensorFlow child process), parity", refresh=False)
+            result = _convert(work, module.spec.to_dict(), weights, obs, q_ref, modes, log)
+            _gate(result, modes, ckpt)
+            bar.update(1)
+            bar.set_postfix_str("writing" + (", MLflow" if track else ""), refresh=False)
+            _write_files(work, targets, result, ckpt, cfg, meta, samples)
+            ok = True
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if not ok and created_out and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failed export leaves no trace, not even the directory it would have made
 
-    res = ExportResult(ckpt, out_dir, targets, {m: result["modes"][m]["parity"] for m in modes})
-    if track:
-        _track(res, cfg, meta, uri, experiment_id, log)
+        res = ExportResult(ckpt, out_dir, targets, {m: result["modes"][m]["parity"] for m in modes})
+        if track:
+            _track(res, cfg, meta, uri, experiment_id, log)
+        bar.update(1)
     return res
 
 
@@ -431,10 +441,15 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
             for key in ("max_abs_diff", "top1_agreement"):
                 client.log_metric(run_id, f"{prefix}_{key}", float(p[key]))
             client.set_tag(run_id, f"{prefix}_path", str(path))
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            same = _registered_version(client, name, mode, res.checkpoint, sha)
+            if same is not None:  # the same checkpoint exported again to the same bytes: one model version
+                res.registered[mode] = f"{name}/{same} (already registered: same checkpoint and file SHA-256)"
+                continue
             mv = client.create_model_version(
                 name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
                 tags={"quantization": mode, "file": path.name, "config_hash": cfg.config_hash(),
-                      "checkpoint": str(res.checkpoint), "max_abs_diff": f"{p['max_abs_diff']:.3g}",
+                      "checkpoint": str(res.checkpoint), "sha256": sha, "max_abs_diff": f"{p['max_abs_diff']:.3g}",
                       "top1_agreement": f"{p['top1_agreement']:.4f}"},
             )
             res.registered[mode] = f"{name}/{mv.version}"
@@ -443,7 +458,16 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
         msg = redact(" ".join(str(e).split()))[:200]
         raise TrackingError(f"exported to {res.out_dir}, but MLflow logging at {redact(uri)} failed: "
                             f"{type(e).__name__}: {msg}") from None
-    log(f"MLflow run {run_id} at {redact(uri)}: registered {', '.join(res.registered.values())}")
+    log(f"logged to MLflow run {run_id} at {redact(uri)}")  # the versions are in the summary lines
+
+
+def _registered_version(client: Any, name: str, mode: str, checkpoint: Path, sha256: str) -> str | None:
+    """The version of model ``name`` already registered for this checkpoint, mode and file digest, if any."""
+    for v in client.search_model_versions(f"name='{name}'"):
+        tags = v.tags or {}
+        if (tags.get("checkpoint"), tags.get("quantization"), tags.get("sha256")) == (str(checkpoint), mode, sha256):
+            return str(v.version)
+    return None
 
 
 def summary_lines(res: ExportResult) -> list[str]:
@@ -456,5 +480,6 @@ def summary_lines(res: ExportResult) -> list[str]:
             f"(<= {p['tolerance']:.1e})  top-1 {p['top1_agreement']:.2%}"
         )
     for mode, version in res.registered.items():
-        lines.append(f"registered {version} ({mode})")
+        name_version, _, note = version.partition(" ")
+        lines.append(f"registered {name_version} ({mode}{'; ' + note.strip('()') if note else ''})")
     return lines

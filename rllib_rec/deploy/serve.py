@@ -19,10 +19,16 @@ API (JSON):
   be in ``1..K`` and at most ``len(candidates)`` items come back, best first (ties: lower id first).
 * ``GET /health`` -> model facts and the heavy-import check.
 
-Invalid requests get 422 with one readable ``detail`` line; a body that is not JSON at all 400 or 422; a
-body over ``max_body_bytes`` (default 64 KiB, ``--max-body-bytes``) 413, decided from ``Content-Length``
-before any of it is read, or for a streamed (chunked) body as soon as the limit is passed, so an oversized
-body is never held in memory. Every 4xx body is ``{"detail": "<one line>"}``. At start-up the ``.tflite``
+Status codes (every error body is ``{"detail": "<one line>"}``, which is also what the OpenAPI schema at
+``/openapi.json`` declares): 422 for a request that is not valid (a field, an id, an event, ``k``, or a body
+that is not JSON, however malformed or deeply nested); 415 for a POST whose ``Content-Type`` is not JSON
+(checked before the body is read); 413 for a body over ``max_body_bytes`` (default 64 KiB,
+``--max-body-bytes``), decided from ``Content-Length`` before any of it is read, or for a streamed
+(chunked) body as soon as the limit is passed, so an oversized body is never held in memory. That is the
+only size limit: a history of any length that fits is accepted (every id and event is checked) and
+truncated to its most recent ``history_length`` events. Swagger UI (``/docs``) and ReDoc are off: they
+load their scripts from a CDN, so they would be blank offline; load ``/openapi.json`` into any OpenAPI
+viewer instead. At start-up the ``.tflite``
 is checked against its sidecar (format, byte size, SHA-256) and LiteRT's own verifier, so a truncated,
 empty, corrupted or swapped file is refused with one line naming it. Inference (~20 µs) runs inline on the event
 loop under a lock, so one interpreter is never entered by two threads; scale out with more processes
@@ -44,14 +50,16 @@ from typing import Any
 
 import numpy as np
 
+from rllib_rec.console import verbose
 from rllib_rec.errors import RequestError, ServeError
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "HEAVY_MODULES",
-    "MAX_HISTORY",
     "SIDECAR_FORMAT",
     "BodyLimit",
+    "ErrorResponse",
+    "RequireJSON",
     "RecommendRequest",
     "Recommender",
     "RequestError",
@@ -62,7 +70,6 @@ __all__ = [
 ]
 
 HEAVY_MODULES = ("tensorflow", "torch", "keras", "ray")
-MAX_HISTORY = 10_000  # longer requests are refused (only the last history_length events are used anyway)
 # Ample for any useful request (a full history plus an explicit candidate list of a few thousand ids);
 # anything bigger is a mistake or abuse, and is refused before it is read into memory.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -165,10 +172,10 @@ class Recommender:
         self.path = path
 
         # LiteRT's C++ runtime logs straight to fd 2 (e.g. its XNNPACK note): held back while loading, so a
-        # refused model is exactly one line of error, and replayed once the model has loaded.
+        # refused model is exactly one line of error, and replayed once the model has loaded (with --verbose).
         with _NativeStderr() as native:
             self._load(blob, model_path, signature, threads)
-        if native.text:
+        if native.text and verbose():
             sys.stderr.write(native.text)
 
     def _load(self, blob: bytes, model_path: str | os.PathLike[str], signature: str, threads: int) -> None:
@@ -224,8 +231,6 @@ class Recommender:
         """Validates a request and returns the [1, *] int32 model inputs and the candidate ids."""
         if len(items) != len(events):
             raise RequestError(f"items and events must have the same length, got {len(items)} and {len(events)}")
-        if len(items) > MAX_HISTORY:
-            raise RequestError(f"items: at most {MAX_HISTORY} events, got {len(items)}")
         tokens = [self._check_item("items", i, it) + 1 for i, it in enumerate(items)]
         codes = [self._event_code(i, e) for i, e in enumerate(events)]
         tokens, codes = tokens[-self.history_length :], codes[-self.history_length :]  # most recent
@@ -309,17 +314,23 @@ def _request_model():
         """Body of POST /recommend (range checks need the model, so they live in Recommender)."""
 
         model_config = ConfigDict(extra="forbid")
-        items: list[StrictInt] = Field(max_length=MAX_HISTORY, description="item ids, oldest first")
-        events: list[StrictInt | StrictStr] = Field(max_length=MAX_HISTORY,
-                                                    description="event of each item: name or code")
-        candidates: list[StrictInt] | None = Field(default=None, max_length=100_000, description=(
+        # No length caps here: the body limit (413) bounds every list; a long history is truncated.
+        items: list[StrictInt] = Field(description="item ids, oldest first (only the most recent "
+                                       "history_length are used)")
+        events: list[StrictInt | StrictStr] = Field(description="event of each item: name or code")
+        candidates: list[StrictInt] | None = Field(default=None, description=(
             "item ids to rank, at most the model's n_candidates (default: every item, if they fit)"))
         k: StrictInt = Field(default=10, description="how many items to return")
 
-    return RecommendRequest
+    class ErrorResponse(BaseModel):
+        """Every 4xx answer of the service."""
+
+        detail: str = Field(description="what is wrong, in one line")
+
+    return RecommendRequest, ErrorResponse
 
 
-RecommendRequest = _request_model()
+RecommendRequest, ErrorResponse = _request_model()
 
 
 class BodyLimit:
@@ -373,12 +384,42 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes "
-                                     "(the server's --max-body-bytes limit)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await _send_error(send, 413, f"request body larger than {self.max_bytes} bytes "
+                                     "(the server's --max-body-bytes limit)")
+
+
+async def _send_error(send: Any, status: int, detail: str) -> None:
+    """A ``{"detail": ...}`` answer straight from ASGI middleware. It closes the connection: the request body
+    was left unread, so the connection cannot carry another request."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+class RequireJSON:
+    """ASGI middleware: a POST to one of ``paths`` whose ``Content-Type`` is not JSON (``application/json`` or
+    ``application/*+json``; a missing one included) gets 415 before its body is read. FastAPI would otherwise
+    skip JSON parsing and answer 422 "Input should be a valid dictionary"."""
+
+    def __init__(self, app: Any, paths: Sequence[str] = ("/recommend",)) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in self.paths:
+            raw = next((v for k, v in scope.get("headers", ()) if k.lower() == b"content-type"), None)
+            media = (raw or b"").decode("latin-1").split(";")[0].strip().lower()
+            if not _is_json(media):
+                got = f"got {_show(media)}" if raw is not None else "none given"
+                await _send_error(send, 415, f"Content-Type must be application/json ({got})")
+                return
+        await self.app(scope, receive, send)
 
 
 def _loc(parts: Sequence[Any]) -> str:
@@ -404,9 +445,13 @@ def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="rllib-rec", description="Long-term-engagement recommendations from a TFLite Q-network")
+    # No Swagger UI / ReDoc: both load their scripts from a CDN and are blank offline (module docstring).
+    app = FastAPI(title="rllib-rec", description="Long-term-engagement recommendations from a TFLite Q-network",
+                  docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=_check_max_body_bytes(max_body_bytes))
+    app.add_middleware(RequireJSON)  # added last = runs first: 415 before the body is read
     started = time.time()
 
     @app.exception_handler(RequestValidationError)
@@ -423,13 +468,27 @@ def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_
     async def _bad_request(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 "There was an error parsing the body" when the JSON parser itself fails (e.g.
+        # RecursionError on deeply nested arrays); to a client that is a body that is not valid JSON: 422.
+        if exc.status_code == 400:
+            return JSONResponse(status_code=422, content={"detail": "body: not valid JSON (the parser gave up: "
+                                                                    "malformed or nested too deeply)"})
+        return JSONResponse(status_code=exc.status_code, content={"detail": " ".join(str(exc.detail).split())},
+                            headers=getattr(exc, "headers", None))
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - started, 3), "pid": os.getpid(),
                 **recommender.info(), "max_body_bytes": max_body_bytes,
                 "heavy_modules_loaded": heavy_modules_loaded()}
 
-    @app.post("/recommend")
+    errors = {413: "body larger than --max-body-bytes", 415: "Content-Type is not application/json",
+              422: "invalid request: a field, an id, an event, k, or a body that is not JSON"}
+
+    @app.post("/recommend", responses={code: {"model": ErrorResponse, "description": what}
+                                       for code, what in errors.items()})
     async def recommend(req: RecommendRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         # Inline on the event loop: ~20 µs of inference is cheaper than a thread-pool hop.
         recs = recommender.recommend(req.items, req.events, req.candidates, req.k)

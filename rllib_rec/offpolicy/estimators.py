@@ -76,6 +76,9 @@ __all__ = [
     "target_distribution",
     "evaluate_logs",
     "estimates_table",
+    "LOW_ESS_FRACTION",
+    "low_ess",
+    "low_ess_warnings",
 ]
 
 ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
@@ -571,11 +574,29 @@ def mean_with_ci(name: str, values: np.ndarray, n_bootstrap: int = 1000, seed: i
 # ---------------------------------------------------------------------------------------------- report
 
 
+# An importance-weighted estimate whose weights' effective sample size is below this fraction of its rows
+# (episodes, for the episode-return estimators) rests on a handful of them: it is flagged in the table and
+# warned about (e.g. trajectory IS with an ESS of 5 out of 200 episodes).
+LOW_ESS_FRACTION = 0.1
+
+
+def low_ess(e: Estimate) -> bool:
+    """Whether ``e``'s effective sample size is below :data:`LOW_ESS_FRACTION` of its ``n``."""
+    return e.ess is not None and e.n > 0 and e.ess < LOW_ESS_FRACTION * e.n
+
+
 def estimates_table(estimates: Sequence[Estimate]) -> str:
-    """``estimator  estimate  95% CI  ESS`` as a plain-text table."""
+    """``estimator  estimate  95% CI  ESS`` as a plain-text table (a low ESS is marked ``LOW``)."""
 
     rows = []
     for e in estimates:
-        ess = "-" if e.ess is None else f"{e.ess:,.1f}"
+        ess = "-" if e.ess is None else f"{e.ess:,.1f}" + (" LOW" if low_ess(e) else "")
         rows.append([e.name, f"{e.value:.6g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", ess, f"{e.n:,}"])
     return format_table(["estimator", "estimate", "95% CI", "ESS", "n"], rows)
+
+
+def low_ess_warnings(estimates: Sequence[Estimate]) -> list[str]:
+    """One ``warning:`` line per estimate with a low effective sample size (see :data:`LOW_ESS_FRACTION`)."""
+    return [f"warning: {e.name}: effective sample size {e.ess:,.1f} of {e.n:,} ({e.ess / e.n:.1%} < "
+            f"{LOW_ESS_FRACTION:.0%}); the estimate rests on a few heavily weighted samples (log with a policy "
+            "closer to the target, e.g. a smaller epsilon)" for e in estimates if low_ess(e)]

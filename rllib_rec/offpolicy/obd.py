@@ -107,11 +107,22 @@ def _read_table(directory: Path, behaviour: str, campaign: str) -> tuple[pa.Tabl
                    f"{behaviour}/{campaign}/all.csv)")
 
 
+def _directory(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` as a Path, or an OBDError naming it if it is not a directory (rather than naming the
+    first file that is then not found in it)."""
+    d = Path(directory)
+    if not d.is_dir():
+        why = "no such directory" if not d.exists() else "not a directory"
+        raise OBDError(f"{directory}: {why} (give the Open Bandit Dataset directory: obp's CSV layout or the "
+                       "compact copy in tests/data/obd)")
+    return d
+
+
 def load_obd(directory: str | os.PathLike[str], behaviour: str, campaign: str = "all") -> OBDLogs:
     """Load the ``behaviour`` ("random" or "bts") logs of ``campaign`` from ``directory`` (either layout)."""
     if behaviour not in BEHAVIOURS:
         raise OBDError(f"unknown OBD behaviour policy {behaviour!r} (choose from {', '.join(BEHAVIOURS)})")
-    table, path = _read_table(Path(directory), behaviour, campaign)
+    table, path = _read_table(_directory(directory), behaviour, campaign)
     try:
         ts = table.column("timestamp")
         if not pa.types.is_timestamp(ts.type):
@@ -149,7 +160,7 @@ def load_obd(directory: str | os.PathLike[str], behaviour: str, campaign: str = 
 
 def load_bts_action_dist(directory: str | os.PathLike[str], campaign: str = "all") -> np.ndarray:
     """The Bernoulli-TS policy's action distribution, (80 items, 3 positions), each position summing to 1."""
-    path = Path(directory) / ACTION_DIST_FILE.format(campaign=campaign)
+    path = _directory(directory) / ACTION_DIST_FILE.format(campaign=campaign)
     try:
         dist = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:

@@ -179,9 +179,10 @@ def module_path(ckpt: Path) -> Path:
 
 def load_module(ckpt: Path) -> Any:
     """The trained RLModule (torch/Keras) of a checkpoint, ready for ``forward_inference``."""
-    from rllib_rec.agent.runtime import use_torch_keras_backend
+    from rllib_rec.agent.runtime import import_rllib_quietly, use_torch_keras_backend
 
     use_torch_keras_backend()
+    import_rllib_quietly()
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     path = module_path(ckpt)

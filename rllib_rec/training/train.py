@@ -18,6 +18,7 @@ from typing import Any
 
 from rllib_rec.agent.runtime import check_run_resources, init_ray, set_torch_threads, use_torch_keras_backend
 from rllib_rec.config import ExperimentConfig
+from rllib_rec.console import progress, ticking
 from rllib_rec.errors import CheckpointError
 from rllib_rec.tables import policy_table
 from rllib_rec.training.checkpoints import (
@@ -28,7 +29,7 @@ from rllib_rec.training.checkpoints import (
     selected_checkpoint,
     write_checkpoint,
 )
-from rllib_rec.training.evaluate import GREEDY_NAME, evaluate_module, evaluation_table
+from rllib_rec.training.evaluate import GREEDY_NAME, evaluation_table, learner_greedy_return
 from rllib_rec.training.offline import (
     LOGGING_POLICY_NAME,
     OfflineData,
@@ -160,37 +161,46 @@ def _start_records(tracker: RunLogger, plan: RunPlan, config_path: str | None, o
 
 def _iterate(algo: Any, loop: OnlineLoop | OfflineLoop, plan: RunPlan, history: list[dict[str, float]],
              state: dict[str, Any], tracker: RunLogger, log: Callable[[str], None]) -> Path:
-    """Run the remaining iterations; record, checkpoint and validate each. Returns the last checkpoint."""
+    """Run the remaining iterations; record, checkpoint and validate each. Returns the last checkpoint.
+
+    Progress: a bar over iterations (ETA from their pace) whose elapsed time moves during ``algo.train()``
+    (``console.ticking``), and one result line per iteration."""
     cfg, run_dir = plan.cfg, plan.run_dir
     last_ckpt = plan.start_checkpoint
     prev_steps = history[-1][loop.step_key] if history else 0.0
-    for it in range(plan.first_iteration, cfg.run.iterations + 1):
-        t0 = time.perf_counter()
-        m = loop.run_iteration()
-        dt = time.perf_counter() - t0
-        m.update(iteration=it, seconds=dt, rate=(m[loop.step_key] - prev_steps) / dt if dt > 0 else math.nan)
-        m["env_steps_per_s"] = m["rate"] if loop.step_key == "env_steps" else math.nan
-        prev_steps = m[loop.step_key]
-        history.append(m)
-        append_metrics(run_dir, m)
-        step = int(m[loop.step_key])
-        tracker.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)}, step=step)
-        tracker.flush()  # once per iteration: retry what an MLflow outage left queued
-        saved_note = ""
-        if it % cfg.run.checkpoint_every == 0 or it == cfg.run.iterations:
-            last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
-                                         {"mlflow_run_id": tracker.run_id, "env_steps": m["env_steps"],
-                                          "config_hash": cfg.config_hash()})
-            saved_note = f"  ckpt {last_ckpt.name}"
-            if cfg.run.validation_episodes:
-                tv = time.perf_counter()
-                v = _validate(last_ckpt, cfg, run_dir, state["validation"])
-                tracker.log_metrics({"validation_return": v}, step=step)
-                saved_note += f"  validation {v:.2f} ({time.perf_counter() - tv:.1f}s)"
-            state.update(iteration=it, last_checkpoint=str(last_ckpt))
-            save_state(run_dir, state)
-            tracker.set_tags({"checkpoint_path": str(last_ckpt)})
-        log(f"iter {it:>3}/{cfg.run.iterations}  {loop.progress(m)}{saved_note}")
+    if plan.first_iteration == 1 and isinstance(loop, OnlineLoop) and cfg.dqn.learning_starts:
+        log(f"iteration 1 first fills the replay buffer: {cfg.dqn.learning_starts:,} env steps "
+            "(dqn.learning_starts) are sampled before the first update")
+    remaining = cfg.run.iterations - plan.first_iteration + 1
+    with progress(remaining, "train", unit="iter") as bar, ticking(bar):
+        for it in range(plan.first_iteration, cfg.run.iterations + 1):
+            bar.set_postfix_str(f"iteration {it}/{cfg.run.iterations}", refresh=False)
+            t0 = time.perf_counter()
+            m = loop.run_iteration()
+            dt = time.perf_counter() - t0
+            m.update(iteration=it, seconds=dt, rate=(m[loop.step_key] - prev_steps) / dt if dt > 0 else math.nan)
+            m["env_steps_per_s"] = m["rate"] if loop.step_key == "env_steps" else math.nan
+            prev_steps = m[loop.step_key]
+            saved_note = ""
+            if it % cfg.run.checkpoint_every == 0 or it == cfg.run.iterations:
+                last_ckpt = write_checkpoint(algo, run_dir / "checkpoints", it, cfg,
+                                             {"mlflow_run_id": tracker.run_id, "env_steps": m["env_steps"],
+                                              "config_hash": cfg.config_hash()})
+                saved_note = f"  ckpt {last_ckpt.name}"
+                if cfg.run.checkpoint_episodes:
+                    tv = time.perf_counter()
+                    m["validation_return"] = _validate(algo, last_ckpt, cfg, run_dir, state["validation"])
+                    saved_note += f"  greedy {m['validation_return']:.2f} ({time.perf_counter() - tv:.1f}s)"
+                state.update(iteration=it, last_checkpoint=str(last_ckpt))
+                save_state(run_dir, state)
+                tracker.set_tags({"checkpoint_path": str(last_ckpt)})
+            history.append(m)
+            append_metrics(run_dir, m)
+            tracker.log_metrics({k: v for k, v in m.items() if k != "iteration" and math.isfinite(v)},
+                                step=int(m[loop.step_key]))
+            tracker.flush()  # once per iteration: retry what an MLflow outage left queued
+            bar.update(1)
+            log(f"iter {it:>3}/{cfg.run.iterations}  {loop.progress(m)}{saved_note}")
     note = loop.closing_note(history[-1]) if history else None
     if note:
         log(note)
@@ -199,12 +209,16 @@ def _iterate(algo: Any, loop: OnlineLoop | OfflineLoop, plan: RunPlan, history: 
     return last_ckpt
 
 
-def _validate(ckpt: Path, cfg: ExperimentConfig, run_dir: Path, scores: dict[str, float]) -> float:
-    """Greedy return of ``ckpt`` on the validation seeds; records it in ``scores`` (kept in state.json) and
-    rewrites ``best.json`` (atomically) when it is the best so far. Same seeds for every checkpoint, so
-    checkpoints are compared on the same users."""
+def _validate(algo: Any, ckpt: Path, cfg: ExperimentConfig, run_dir: Path, scores: dict[str, float]) -> float:
+    """Greedy return of the checkpoint just written (``ckpt``: the algorithm's current weights) on the
+    validation seeds, for the learning curve; with ``run.validation_episodes`` it also selects: the score is
+    recorded in ``scores`` (kept in state.json) and ``best.json`` rewritten (atomically) when it is the best
+    so far. Same seeds for every checkpoint, so checkpoints are compared on the same users."""
     r = cfg.run
-    value = evaluate_module(load_module(ckpt), cfg.env, r.validation_episodes, r.validation_seed).summary()["return_mean"]
+    with progress(r.checkpoint_episodes, f"greedy return of {ckpt.name}", unit="episode") as bar:
+        value = learner_greedy_return(algo, cfg.env, r.checkpoint_episodes, r.validation_seed, bar=bar)
+    if not r.validation_episodes:
+        return value
     scores[ckpt.name] = value
     live = {k: v for k, v in scores.items() if (run_dir / "checkpoints" / k).is_dir()}
     best = max(live, key=lambda k: (live[k], k))

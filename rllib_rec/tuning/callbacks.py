@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from rllib_rec.config.schema import flatten
-from rllib_rec.config.sweep import SweepConfig
+from rllib_rec.config.sweep import TRAINING_METRIC, SweepConfig
+from rllib_rec.console import progress, ticking
 from rllib_rec.training.online import iteration_metrics
 from rllib_rec.training.tracking import RunLogger, TrackingError
 from rllib_rec.tuning.search_space import trial_experiment_config
@@ -21,19 +22,49 @@ def trial_dirname(trial: Any) -> str:
     """Short trial directories (Tune's default embeds every sampled value in the name)."""
     return f"trial_{trial.trial_id}"
 
-def progress_callback(metric: str, log: Callable[[str], None]) -> Any:
-    """One line per trial result instead of Tune's verbose tables (which dump the whole RLlib config)."""
+def progress_callback(scfg: SweepConfig, log: Callable[[str], None]) -> Any:
+    """One line per trial result instead of Tune's verbose tables (which dump the whole RLlib config), and a
+    progress bar over all trial iterations (an upper bound: ASHA stops some trials early), ETA included."""
     from ray import tune
 
+    sw, run = scfg.sweep, scfg.experiment.run
+    last = sw.max_t if sw.scheduler == "asha" and sw.max_t else run.iterations
+    shown = list(dict.fromkeys((sw.asha_metric if sw.scheduler == "asha" else TRAINING_METRIC, sw.metric)))
+
     class _Progress(tune.Callback):
+        def __init__(self) -> None:
+            self._bar: Any = None
+            self._ticks: Any = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"_bar": None, "_ticks": None}  # Tune pickles its callbacks; a live bar is not state
+
+        def setup(self, stop: Any = None, num_samples: Any = None, total_num_samples: int | None = None,
+                  **info: Any) -> None:
+            trials = total_num_samples or sw.num_samples
+            self._bar = progress(trials * last, "sweep", unit="trial-iter")
+            self._ticks = ticking(self._bar)
+            self._ticks.__enter__()
+
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            value = metric_value(result, metric)
-            log(f"  {trial.trial_id}  iter {result.get('training_iteration')}  {metric}={fmt(value)}")
+            values = "  ".join(f"{m}={fmt(metric_value(result, m))}" for m in shown
+                               if not math.isnan(metric_value(result, m)))
+            log(f"  {trial.trial_id}  iter {result.get('training_iteration')}  {values}")
+            if self._bar is not None:
+                self._bar.update(1)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             log(f"  {trial.trial_id}  finished")
 
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            if self._ticks is not None:
+                self._ticks.__exit__(None, None, None)
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = self._ticks = None
+
     return _Progress()
+
 
 def trial_tracking_callback(scfg: SweepConfig, uri: str, experiment_id: str, log: Callable[[str], None]) -> Any:
     """A Tune callback giving each trial an MLflow run written through :class:`~rllib_rec.training.tracking.RunLogger`.

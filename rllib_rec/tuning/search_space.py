@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rllib_rec.agent.algo import build_algo_config
+from rllib_rec.agent.registry import RUNTIME_KEY
 from rllib_rec.config.experiment import ExperimentConfig, config_from_dict
-from rllib_rec.config.schema import ConfigError, merge_dicts
+from rllib_rec.config.schema import ConfigError, merge_dicts, to_dict
 from rllib_rec.config.sweep import SWEEPABLE, Distribution, SweepConfig, nested
 
 __all__ = ["to_tune", "build_param_space", "sampled_values", "trial_experiment_config"]
@@ -31,7 +32,7 @@ def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
     exp, sw = scfg.experiment, scfg.sweep
     cfg = build_algo_config(exp, trial_cpus=sw.cpus_per_trial)
     space = cfg.to_dict()
-    from rllib_rec.tuning.trainable import TunedDQN
+    from rllib_rec.tuning.trainable import VALIDATION_KEY, TunedDQN
 
     if cfg.algo_class is not TunedDQN.__mro__[1]:
         raise TypeError(f"build_algo_config built {cfg.algo_class.__name__}; the sweep trainable wraps DQN")
@@ -43,6 +44,13 @@ def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
         if leaf not in node:
             raise ConfigError(f"sweep.search_space.{key}", f"DQNConfig has no {'.'.join(SWEEPABLE[key])}", scfg.source)
         node[leaf] = to_tune(dist)
+    # Every checkpoint a trial writes is scored on the validation seeds (rllib_rec.tuning.trainable).
+    r = exp.run
+    space["env_config"][RUNTIME_KEY][VALIDATION_KEY] = {
+        "episodes": r.checkpoint_episodes, "seed": r.validation_seed, "env": to_dict(exp.env),
+        "every": sw.checkpoint_every or r.checkpoint_every,
+        "last": sw.max_t if sw.scheduler == "asha" and sw.max_t else r.iterations,  # a trial's last iteration
+    } if r.checkpoint_episodes else None
     return TunedDQN, space
 
 def sampled_values(scfg: SweepConfig, trial_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,14 @@ builds, with the search space of the sweep file (``rllib_rec.config.sweep``) sam
 ``Algorithm`` stays the trainable, so trials are ordinary RLlib runs.
 
 Layout of a sweep: ``<sweep.storage_path>/<sweep.name>/`` is Tune's experiment directory (trials,
-checkpoints, state for ``--resume``) plus ``best.json``, ``trials.txt`` and ``best_checkpoint/`` (the best
-trial's checkpoint with ``experiment.yaml``/``rllib_rec.json``, so ``export --best best.json`` takes it).
+checkpoints, state for ``--resume``) plus ``best.json``, ``trials.txt`` and ``best_checkpoint/`` (the winning
+checkpoint with ``experiment.yaml``/``rllib_rec.json``, so ``export --best best.json`` takes it).
+
+The winner is a checkpoint, not a trial's last result: every checkpoint a trial writes carries the greedy
+return of its weights on the validation seeds (``rllib_rec.tuning.trainable``), and the checkpoint with the
+best ``sweep.metric`` over all trials wins. ``best.json``, ``best_checkpoint/rllib_rec.json`` and the printed
+summary name that checkpoint, its iteration and its value. ASHA, which needs a value every iteration, stops
+trials by ``sweep.asha_metric`` (the training return by default).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import yaml
 
 from rllib_rec.agent.algo import TRIAL_TORCH_THREADS_ENV
 from rllib_rec.agent.runtime import check_sweep_resources, init_ray, use_torch_keras_backend
-from rllib_rec.config.sweep import SweepConfig, load_sweep_config
+from rllib_rec.config.sweep import TRAINING_METRIC, VALIDATION_METRIC, SweepConfig, load_sweep_config
 from rllib_rec.errors import CheckpointError
 from rllib_rec.tables import format_table
 from rllib_rec.training.checkpoints import CHECKPOINT_META, CONFIG_FILE, atomic_write_text
@@ -37,7 +43,7 @@ from rllib_rec.tuning.callbacks import (
 from rllib_rec.tuning.search_space import build_param_space, sampled_values, trial_experiment_config
 from rllib_rec.tuning.trainable import PLACEMENT_KEY
 
-__all__ = ["SweepResult", "run_sweep", "max_overlap", "placement_summary"]
+__all__ = ["SweepResult", "run_sweep", "best_lines", "max_overlap", "placement_summary"]
 
 
 def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
@@ -61,11 +67,13 @@ class SweepResult:
 
 
 def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int]:
+    """One row per trial with its best *checkpoint* by ``sweep.metric`` (each checkpoint carries the result it
+    was written with), sorted best first; and how many trials ran at once."""
     metric, mode = scfg.sweep.metric, scfg.sweep.mode
     rows, intervals = [], []
     for r in grid:
         m = r.metrics or {}
-        value = metric_value(m, metric)
+        value, iteration, ckpt = _best_checkpoint(r, metric, mode)
         df = r.metrics_dataframe
         if df is not None and len(df) and "timestamp" in df:
             start = float(df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0])
@@ -76,6 +84,9 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
             "status": "ERROR" if r.error else "OK",
             "iterations": int(m.get("training_iteration", 0) or 0),
             "value": value,
+            "best_iteration": iteration,
+            "checkpoint": str(ckpt) if ckpt else None,
+            "training_return": metric_value(m, TRAINING_METRIC),
             "params": sampled_values(scfg, r.config) if r.config else {},
             "node": str((m.get(PLACEMENT_KEY) or {}).get("trial_node", "")),
             "env_runner_nodes": list((m.get(PLACEMENT_KEY) or {}).get("env_runner_nodes", [])),
@@ -84,6 +95,22 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda row: (math.isnan(row["value"]), sign * row["value"] if not math.isnan(row["value"]) else 0))
     return rows, max_overlap(intervals)
+
+
+def _best_checkpoint(result: Any, metric: str, mode: str) -> tuple[float, int, Path | None]:
+    """``(value, iteration, path)`` of the trial's checkpoint with the best ``metric`` (a tie goes to the later
+    iteration); ``(nan, 0, None)`` if no checkpoint carries the metric (e.g. ASHA stopped the trial before its
+    first validated checkpoint)."""
+    sign = 1.0 if mode == "max" else -1.0
+    best: tuple[float, int, Path | None] = (math.nan, 0, None)
+    for ckpt, metrics in result.best_checkpoints or []:
+        value = metric_value(metrics, metric)
+        if math.isnan(value):
+            continue
+        iteration = int(metric_value(metrics, "training_iteration"))
+        if best[2] is None or (sign * value, iteration) > (sign * best[0], best[1]):
+            best = (value, iteration, Path(ckpt.path))
+    return best
 
 
 NODE_ID_CHARS = 8  # node ids are 56 hex chars; a prefix tells a handful of nodes apart in a table
@@ -106,24 +133,17 @@ def placement_summary(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tuple[Path, Path]:
-    """Copy the best trial's best checkpoint to ``dest`` with the project's metadata (atomic rename)."""
-    r = row["result"]
-    ckpt = None
-    try:
-        ckpt = r.get_best_checkpoint(scfg.sweep.metric, scfg.sweep.mode)
-    except Exception:  # noqa: BLE001 — metric may be missing from checkpoint metrics; fall back to latest
-        ckpt = None
-    ckpt = ckpt or r.checkpoint
-    if ckpt is None:
-        raise CheckpointError(f"{r.path}: best trial has no checkpoint")
-    src = Path(ckpt.path)
-    exp = trial_experiment_config(scfg, r.config)
+    """Copy the winning checkpoint (``row["checkpoint"]``, the best trial's best-scored one) to ``dest`` with the
+    project's metadata (atomic rename); its ``rllib_rec.json`` names the same iteration and value as best.json."""
+    src = Path(row["checkpoint"])
+    exp = trial_experiment_config(scfg, row["result"].config)
     tmp = dest.with_name(f".tmp-{dest.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False), encoding="utf-8")
-    meta = {"iteration": row["iterations"], "trial": row["trial"], "trial_checkpoint": str(src),
-            "config_hash": exp.config_hash(), "sweep": str(scfg.sweep_dir)}
+    meta = {"iteration": row["best_iteration"], "trial": row["trial"], "trial_checkpoint": str(src),
+            "metric": scfg.sweep.metric, "value": row["value"], "config_hash": exp.config_hash(),
+            "sweep": str(scfg.sweep_dir)}
     (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if dest.exists():  # a resumed sweep may pick another best: replace the previous copy
         shutil.rmtree(dest)
@@ -133,10 +153,12 @@ def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tup
 
 def _table(rows: list[dict[str, Any]], metric: str) -> str:
     keys = sorted({k for row in rows for k in row["params"]})
-    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), fmt(row["value"]),
-             *[fmt(row["params"].get(k, "")) for k in keys], row.get("node", "")[:NODE_ID_CHARS] or "-"]
+    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), str(row["best_iteration"] or "-"),
+             fmt(row["value"]), fmt(row["training_return"]), *[fmt(row["params"].get(k, "")) for k in keys],
+             row.get("node", "")[:NODE_ID_CHARS] or "-"]
             for i, row in enumerate(rows)]
-    return format_table(["#", "trial", "status", "iter", metric, *keys, "node"], body)
+    return format_table(["#", "trial", "status", "iter", "best iter", f"{metric} (best ckpt)",
+                         "training return (last)", *keys, "node"], body)
 
 
 def run_sweep(
@@ -171,9 +193,9 @@ def run_sweep(
     rows, concurrency = _trial_rows(scfg, grid)
     table = _table(rows, scfg.sweep.metric)
     _log_sweep(table, rows, trials, concurrency, log)
-    ok = [row for row in rows if row["status"] == "OK" and not math.isnan(row["value"])]
+    ok = [row for row in rows if row["status"] == "OK" and row["checkpoint"] is not None]
     if not ok:
-        raise CheckpointError(f"{scfg.sweep_dir}: no trial reported {scfg.sweep.metric}")
+        raise CheckpointError(f"{scfg.sweep_dir}: no trial checkpoint carries {scfg.sweep.metric}")
     best = _record_best(scfg, ok[0], table, concurrency, uri, experiment_id, log)
     return SweepResult(scfg.sweep_dir, scfg.sweep_dir / "best.json", best,
                        [{k: v for k, v in r.items() if k != "result"} for r in rows], table, concurrency)
@@ -202,17 +224,22 @@ def _tuner(scfg: SweepConfig, resume: bool, uri: str | None, experiment_id: str 
         log(f"resuming sweep {sweep_dir}")
         return tune.Tuner.restore(str(sweep_dir), trainable=algo_class, resume_unfinished=True,
                                   resume_errored=True, param_space=space)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sw.max_t or exp.run.iterations,
-                               grace_period=sw.grace_period, reduction_factor=sw.reduction_factor)
+    # ASHA reads its own metric (every iteration); the winner is ranked by sweep.metric per checkpoint, here
+    # after the sweep, so Tune itself is given no metric (it would insist on one in every result).
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=sw.asha_metric, mode=sw.mode,
+                               max_t=sw.max_t or exp.run.iterations, grace_period=sw.grace_period,
+                               reduction_factor=sw.reduction_factor)
                  if sw.scheduler == "asha" else FIFOScheduler())
     local = "://" not in sw.storage_path
-    log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}, "
-        f"{sw.max_concurrent_trials} concurrent; MLflow {redact(uri) if uri else 'off'})")
+    log(f"sweep {sweep_dir}  ({len(sw.search_space)} swept keys, {sw.scheduler}"
+        + (f" on {sw.asha_metric}" if sw.scheduler == "asha" else "")
+        + f", checkpoints ranked by {sw.metric}, {sw.max_concurrent_trials} concurrent; "
+        f"MLflow {redact(uri) if uri else 'off'})")
     return tune.Tuner(
         algo_class,
         param_space=space,
-        tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler,
-                                    num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials,
+        tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=sw.num_samples,
+                                    max_concurrent_trials=sw.max_concurrent_trials,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=scfg.name,
@@ -222,7 +249,7 @@ def _tuner(scfg: SweepConfig, resume: bool, uri: str | None, experiment_id: str 
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=sw.checkpoint_every or exp.run.checkpoint_every, checkpoint_at_end=True),
             callbacks=[*([trial_tracking_callback(scfg, uri, experiment_id, log)] if uri else []),
-                       progress_callback(sw.metric, log)],
+                       progress_callback(scfg, log)],
             verbose=0,
         ),
     )
@@ -253,11 +280,13 @@ def _record_best(scfg: SweepConfig, best_row: dict[str, Any], table: str, concur
                  experiment_id: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     """``best_checkpoint/``, ``best.json`` and ``trials.txt`` in the sweep directory, and (tracked) a
     ``<sweep>-best`` MLflow run through the same outage-safe RunLogger as every other run."""
-    sw, sweep_dir = scfg.sweep, scfg.sweep_dir
+    sw, sweep_dir, r = scfg.sweep, scfg.sweep_dir, scfg.experiment.run
     best_ckpt, trial_ckpt = _materialise_best(scfg, best_row, sweep_dir / "best_checkpoint")
     best = {"checkpoint": str(best_ckpt), "trial_checkpoint": str(trial_ckpt), "metric": sw.metric,
-            "mode": sw.mode, "value": best_row["value"], "trial": best_row["trial"], "trial_dir": best_row["trial_dir"],
-            "config": best_row["params"]}
+            "mode": sw.mode, "value": best_row["value"], "iteration": best_row["best_iteration"],
+            "trial": best_row["trial"], "trial_dir": best_row["trial_dir"], "config": best_row["params"],
+            "validation_episodes": r.checkpoint_episodes, "validation_seed": r.validation_seed,
+            "asha_metric": sw.asha_metric if sw.scheduler == "asha" else None}
     best_json = sweep_dir / "best.json"
     atomic_write_text(best_json, json.dumps(best, indent=2))
     atomic_write_text(sweep_dir / "trials.txt", table + "\n")
@@ -266,9 +295,18 @@ def _record_best(scfg: SweepConfig, best_row: dict[str, Any], table: str, concur
             tracker.set_tags({"sweep": scfg.name, "sweep_dir": str(sweep_dir), "best_trial": best_row["trial"],
                               "checkpoint_path": str(best_ckpt)})
             tracker.log_params({f"best.{k}": str(v)[:500] for k, v in best_row["params"].items()})
-            tracker.log_metrics({"best_value": best_row["value"], "max_concurrent_trials_observed": concurrency})
+            tracker.log_metrics({"best_value": best_row["value"], "best_iteration": best_row["best_iteration"],
+                                 "max_concurrent_trials_observed": concurrency})
             tracker.log_artifact(best_json)
             tracker.log_artifact(sweep_dir / "trials.txt")
-    log(f"best trial {best_row['trial']}: {sw.metric}={best_row['value']:.4g}  checkpoint {best_ckpt}")
-    log(f"best.json     : {best_json}")
-    return best
+    return best  # the CLI prints the winner (once)
+
+
+def best_lines(res: SweepResult) -> list[str]:
+    """The winner, as the CLI prints it: trial, metric value and iteration, the checkpoint, best.json."""
+    b = res.best
+    how = (f" (greedy return over {b['validation_episodes']} validation episodes, seeds {b['validation_seed']}..)"
+           if b["metric"] == VALIDATION_METRIC else "")
+    return [f"best trial {b['trial']}: {b['metric']}={b['value']:.4g} at iteration {b['iteration']}{how}",
+            f"best checkpoint: {b['checkpoint']}  (copy of {b['trial_checkpoint']})",
+            f"best.json: {res.best_json}"]

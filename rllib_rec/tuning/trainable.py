@@ -1,6 +1,12 @@
-"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug, and placement
-reporting (which Ray node ran the trial and its env runners — the only way to see a sweep spread over a
-cluster, since simulated or NAT'd nodes can share an IP).
+"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug, a greedy score for
+every checkpoint, and placement reporting (which Ray node ran the trial and its env runners — the only way to
+see a sweep spread over a cluster, since simulated or NAT'd nodes can share an IP).
+
+Checkpoint scores: at every checkpoint iteration (``sweep.checkpoint_every``, and the trial's last
+iteration) the trial plays its current greedy policy on the validation seeds and reports the mean return as
+``validation/return_mean`` in that iteration's result, and asks Tune for a checkpoint of exactly that state
+(``should_checkpoint``). Tune stores each checkpoint with its result, so every validated checkpoint carries
+its own score: the sweep ranks checkpoints, not trials' last values.
 
 Tune turns the DQNConfig into a dict and RLlib's ``update_from_dict`` resolves the replay buffer's dotted
 path (``replay_buffer_config.type``) into a class; ``Algorithm._create_local_replay_buffer_if_necessary``
@@ -10,20 +16,25 @@ iterable``. Turning the class back into its dotted path before set-up is the who
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.agent.runtime import import_rllib_quietly, use_torch_keras_backend
 
 use_torch_keras_backend()
+import_rllib_quietly()
 
 from ray.rllib.algorithms.dqn import DQN  # noqa: E402
 
 from rllib_rec.agent.registry import RUNTIME_KEY  # noqa: E402
 
-__all__ = ["PLACEMENT_KEY", "InjectedTrialError", "TunedDQN"]
+__all__ = ["PLACEMENT_KEY", "VALIDATION_KEY", "InjectedTrialError", "TunedDQN"]
 
 PLACEMENT_KEY = "placement"  # a trial result's entry: {"trial_node": id, "env_runner_nodes": [ids]}
+# A result's entry at checkpoint iterations: {"return_mean", "episodes", "seed", "seconds"}; the runtime
+# dict's entry (set by search_space.build_param_space): {"episodes", "seed", "every", "last", "env"}.
+VALIDATION_KEY = "validation"
 
 
 class InjectedTrialError(RuntimeError):
@@ -45,7 +56,27 @@ class TunedDQN(DQN):
         self._maybe_inject_error()
         result = super().step()
         result[PLACEMENT_KEY] = {"trial_node": _node_id(), "env_runner_nodes": self._env_runner_nodes()}
+        self._maybe_validate(result)
         return result
+
+    def _maybe_validate(self, result: dict) -> None:
+        """At a checkpoint iteration: the greedy return of the current weights on the validation seeds, in
+        the result, and a checkpoint of those weights requested (see the module docstring)."""
+        from ray.tune.result import SHOULD_CHECKPOINT
+
+        from envs import make_env_config
+        from rllib_rec.training.evaluate import learner_greedy_return
+
+        spec = ((self.config.env_config or {}).get(RUNTIME_KEY) or {}).get(VALIDATION_KEY)
+        it = self.iteration + 1  # Trainable counts the iteration after step() returns
+        if not spec or not (it % int(spec["every"]) == 0 or it >= int(spec["last"])):
+            return
+        t0 = time.perf_counter()
+        env = make_env_config(spec["env"], "env")
+        value = learner_greedy_return(self, env, int(spec["episodes"]), int(spec["seed"]))
+        result[VALIDATION_KEY] = {"return_mean": value, "episodes": int(spec["episodes"]), "seed": int(spec["seed"]),
+                                  "seconds": time.perf_counter() - t0}
+        result[SHOULD_CHECKPOINT] = True
 
     def _maybe_inject_error(self) -> None:
         """``faults.trial_error_at_iteration``: fail once at that iteration, so that Tune's retry (from the
