@@ -487,13 +487,14 @@ def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_
     errors = {413: "body larger than --max-body-bytes", 415: "Content-Type is not application/json",
               422: "invalid request: a field, an id, an event, k, or a body that is not JSON"}
 
-    @app.post("/recommend", responses={code: {"model": ErrorResponse, "description": what}
-                                       for code, what in errors.items()})
-    async def recommend(req: RecommendRequest) -> dict[str, Any]:  # type: ignore[valid-type]
-        # Inline on the event loop: ~20 µs of inference is cheaper than a thread-pool hop.
+    @app.post("/recommend", response_model=None, responses={code: {"model": ErrorResponse, "description": what}
+                                                            for code, what in errors.items()})
+    async def recommend(req: RecommendRequest) -> JSONResponse:  # type: ignore[valid-type]
+        # Inline on the event loop: ~0.1 ms of inference is cheaper than a thread-pool hop. The answer is plain
+        # JSON types already, so it skips FastAPI's response encoding (a tenth of a millisecond per request).
         recs = recommender.recommend(req.items, req.events, req.candidates, req.k)
-        return {"recommendations": recs, "history_used": min(len(req.items), recommender.history_length),
-                "truncated": len(req.items) > recommender.history_length}
+        return JSONResponse({"recommendations": recs, "history_used": min(len(req.items), recommender.history_length),
+                             "truncated": len(req.items) > recommender.history_length})
 
     return app
 
