@@ -72,11 +72,26 @@ class Catalog:
     CACHE_ITEMS: ClassVar[int] = 20_000_000  # ... and items in them all (the newest is always kept)
 
     def __init__(self, config: CatalogConfig) -> None:
+        self.n_items, self.n_categories = config.n_items, config.n_categories
+        self._seed = config.seed
+        rank = self._draw_items(config)
+        self._order_by_popularity(rank)
+        del rank
+        self._band_side_features()
+        order, counts = self._group_by_category()
+        self._popularity_cdfs(config, order, counts)
+        self._offsets_list: list[int] = self.category_offsets.tolist()  # for scalar look-ups
+        self._category_draws: dict[int, np.ndarray] = {}
+        self._covisit_tables: dict[int, tuple[np.ndarray, list[int]]] = {}
+        for value in vars(self).values():  # shared between envs: nobody may write into it
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
+    def _draw_items(self, config: CatalogConfig) -> np.ndarray:
+        """Every random draw of the catalog; returns the drawn popularity ranks (1 = most popular)."""
         # The draws (and their order) are the ones the catalog always made, so a seed's shop stays the same shop.
         rng = np.random.default_rng([config.seed, 0])
         n, c = config.n_items, config.n_categories
-        self.n_items, self.n_categories = n, c
-        self._seed = config.seed
         # Balanced categories in a shuffled order, so every category has floor(N/C) or ceil(N/C) items.
         self.category: np.ndarray = rng.permutation(np.arange(n) % c).astype(np.int32)  # [N]
         rank = rng.permutation(n) + 1
@@ -91,7 +106,10 @@ class Catalog:
         self.appeal: np.ndarray = (0.85 + 0.3 * pop_rank01) * np.where(
             self.is_clickbait, config.clickbait_appeal, 1.0
         )  # [N]
+        return rank
 
+    def _order_by_popularity(self, rank: np.ndarray) -> None:
+        n = self.n_items
         # Popularity order (ties: lower id first) and its inverse. Popularity falls strictly with the drawn rank
         # whenever the exponent separates all ranks (checked), and then the order is the rank permutation's
         # inverse, O(N); otherwise (ties) a stable argsort.
@@ -102,14 +120,18 @@ class Catalog:
             self.by_popularity[:] = np.argsort(-self.popularity, kind="stable")
             self.popularity_rank[self.by_popularity] = np.arange(n, dtype=np.int32)
 
+    def _band_side_features(self) -> None:
         # Side features: price quantile band and log2 popularity-rank band.
         self.n_price_bands, self.n_popularity_bands = PRICE_BANDS, POPULARITY_BANDS
         edges = np.quantile(self.price, np.arange(1, PRICE_BANDS) / PRICE_BANDS)
         self.price_band: np.ndarray = np.searchsorted(edges, self.price, side="right").astype(np.int8)  # [N]
         log2_rank = np.frexp(self.popularity_rank + 1.0)[1] - 1  # floor(log2(rank)), exact for integers
         self.popularity_band: np.ndarray = np.minimum(log2_rank, POPULARITY_BANDS - 1).astype(np.int8)  # [N]
-        del rank, pop, pop_rank01, edges, log2_rank
+        del edges, log2_rank
 
+    def _group_by_category(self) -> tuple[np.ndarray, np.ndarray]:
+        """Category index arrays; returns the item order by category and the category sizes."""
+        n, c = self.n_items, self.n_categories
         # Items grouped by category (a stable argsort: ascending ids within a category) + segment offsets.
         keys = self.category.astype(np.uint16) if c <= 2**16 else self.category  # 16-bit keys: radix sort
         order = np.argsort(keys, kind="stable")
@@ -122,7 +144,10 @@ class Catalog:
         self.category_position[order] = np.arange(n, dtype=np.int32)
         self.category_sizes: np.ndarray = counts  # [C]
         self.items_by_category: Sequence[np.ndarray] = _Segments(self.category_items, self.category_offsets)
+        return order, counts
 
+    def _popularity_cdfs(self, config: CatalogConfig, order: np.ndarray, counts: np.ndarray) -> None:
+        n, c = self.n_items, self.n_categories
         # Per-category popularity CDFs as one flat array of segment-wise cumsums, for popularity draws within a
         # category. Categories are balanced, so a [C, ceil(N/C)] zero-padded table holds them; its row-wise
         # cumsum is the sequential per-category cumsum (bit for bit what a per-category loop computes).
@@ -141,13 +166,6 @@ class Catalog:
         rank_cdf /= rank_cdf[-1]
         self._head_cdf = rank_cdf[: min(n, _HEAD_RANKS)].copy()  # [H]
         del rank_cdf
-        self._offsets_list: list[int] = self.category_offsets.tolist()  # for scalar look-ups
-        self._category_draws: dict[int, np.ndarray] = {}
-        self._covisit_tables: dict[int, tuple[np.ndarray, list[int]]] = {}
-
-        for value in vars(self).values():  # shared between envs: nobody may write into it
-            if isinstance(value, np.ndarray):
-                value.setflags(write=False)
 
     @classmethod
     def shared(cls, config: CatalogConfig) -> Catalog:

@@ -15,6 +15,11 @@ __all__ = ["add_parsers"]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_export, _add_serve, _add_submit, _add_head):
+        add(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a checkpoint to a verified TFLite model (+ JSON sidecar), logged and registered in MLflow",
@@ -37,6 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log or register in MLflow")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a .tflite export over HTTP (FastAPI + uvicorn, LiteRT only: no TF/torch/Keras/Ray)",
@@ -51,6 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="refuse request bodies over N bytes with 413 (default 65536)")
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "submit",
         help="run an rllib-rec command as a Ray job on a running cluster (like `ray job submit`)",
@@ -80,6 +89,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="the rllib-rec command to run")
     p.set_defaults(func=_cmd_submit)
 
+
+def _add_head(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "head",
         help="start/stop a private local Ray head for `submit` (own free ports and temp dir; stopped by PID)",

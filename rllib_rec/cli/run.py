@@ -25,6 +25,11 @@ __all__ = ["add_parsers"]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_baselines, _add_show_config, _add_train, _add_evaluate, _add_demo):
+        add(sub)
+
+
+def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "baselines",
         help="evaluate the baseline policies (random, popularity, history, myopic/planning oracles)",
@@ -37,10 +42,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", nargs="+", default=None, help="subset of policies to run (default: all)")
     p.set_defaults(func=_cmd_baselines)
 
+
+def _add_show_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
     add_config_args(p)
     p.set_defaults(func=_cmd_show_config)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the Transformer-DQN locally (single node), tracked in MLflow, checkpointed",
@@ -62,6 +71,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "evaluates the result, beside the logging policy's own return")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a checkpoint's greedy policy beside the baselines on held-out seeds",
@@ -73,6 +84,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="first episode seed (default: the run's run.eval_seed)")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on embedded defaults: train configs/debug.yaml, export + check TFLite, recommend",
