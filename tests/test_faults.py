@@ -106,6 +106,7 @@ def test_training_survives_crashing_envs_and_counts_them(tmp_path: Path) -> None
     assert run.data.metrics["env_step_failures"] == failures
 
 
+@pytest.mark.slow  # ~40 s: trains until the fault kills the run
 def test_without_env_recreation_the_same_fault_is_fatal(tmp_path: Path) -> None:
     proc = _train(tmp_path, "faults.env_crash_rate=0.2", "run.restart_failed_sub_environments=false")
     assert proc.returncode != 0
