@@ -7,7 +7,9 @@ torch, TensorFlow, Keras, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 
 from rllib_rec.errors import UsageError
 
@@ -143,10 +145,8 @@ def _cmd_head(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_job_args(job_args: list[str]) -> argparse.Namespace:
+def _parse_job_args(job_args: list[str], build_parser: Callable[[], argparse.ArgumentParser]) -> argparse.Namespace:
     """The job's own command line, parsed (and so checked) here by rllib-rec's parser; one line if wrong."""
-    from rllib_rec.cli.parser import build_parser
-
     parser = build_parser()
 
     def refuse(message: str, prog: str = parser.prog) -> None:
@@ -167,8 +167,6 @@ def _parse_job_args(job_args: list[str]) -> argparse.Namespace:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    import os
-
     # Ray reads RAY_AUTH_MODE once, when it is first imported (the checks below import it): set it first.
     # Ray 2.60 heads (`ray start`, `ray up`) use token auth.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -179,7 +177,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         job_args = job_args[1:]
     if not job_args:
         raise UsageError("nothing to submit: give the rllib-rec command after --, e.g. -- train --config X")
-    ns = _parse_job_args(job_args)
+    ns = _parse_job_args(job_args, args.build_parser)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     check_job_outputs(ns.command, ns, tracking_uri, args.working_dir, args.allow_ephemeral)
     return submit(args.address, job_args, args.python, args.working_dir, args.no_wait, args.dry_run,

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in (run, tune, deploy, offpolicy):
         group.add_parsers(sub)
+    # submit checks the job's command line with a fresh parser, handed over so cli.deploy needs no cli.parser
+    sub.choices["submit"].set_defaults(build_parser=build_parser)
     for command in sub.choices.values():  # also after the command: `rllib-rec train ... --verbose`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -506,8 +507,6 @@ def run_server(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int
         raise ServeError(f"--port must be in 0..65535, got {port}")
     _check_max_body_bytes(max_body_bytes)
     rec = Recommender(model, threads=threads)
-    import socket
-
     import uvicorn
 
     try:  # fail with one line now rather than a uvicorn traceback/log after start-up

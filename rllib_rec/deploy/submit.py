@@ -41,7 +41,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import requests
+
 from rllib_rec.agent.runtime import KERAS_ENV
+from rllib_rec.config import load_config
+from rllib_rec.config.sweep import load_sweep_config
 from rllib_rec.errors import RllibRecError, UsageError
 from rllib_rec.training.tracking import redact
 
@@ -136,8 +140,6 @@ def check_job_outputs(command: str, ns: Any, tracking_uri: str | None, working_d
     ``MLFLOW_TRACKING_URI`` the job gets (None: whatever the cluster's environment sets, else the default
     store under run.output_dir). Also validates the job's config, so a bad one fails here, not on the
     cluster."""
-    from rllib_rec.config import load_config
-    from rllib_rec.config.sweep import load_sweep_config
 
     wd = Path(working_dir)
     if tracking_uri and redact(tracking_uri) != tracking_uri:
@@ -250,8 +252,6 @@ def _submit_job(client: Any, entrypoint: list[str], runtime_env: dict, submissio
                 agent_wait_s: float, log: Callable[[str], None]) -> str:
     """``client.submit_job``, retrying a head whose job agent is still starting and a package that changed
     while it was read; anything else is one line."""
-    import requests
-
     deadline = time.monotonic() + agent_wait_s
     packaging_retried = waiting_said = False
     while True:
