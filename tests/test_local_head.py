@@ -8,6 +8,7 @@ into the checkout)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -20,7 +21,7 @@ import time
 import mlflow
 import pytest
 
-from rllib_rec.deploy.head import head_pids
+from rllib_rec.deploy.head import HEAD_FILE, head_pids
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -53,6 +54,12 @@ def test_readme_local_head_job(tmp_path) -> None:
     runs = tmp_path / "runs"
     script = (block.replace(".venv/bin/rllib-rec", f"{sys.executable} -m rllib_rec")
               .replace("/tmp/rr-head", head_dir).replace("$PWD/runs", str(runs)))
+    # Keep the head's record (its ports), which `head stop` deletes: the daemonised Ray client server names no
+    # temp dir, only the GCS port, and must be gone too.
+    lines = script.splitlines()
+    at = next(i for i, line in enumerate(lines) if "head start" in line)
+    lines.insert(at + 1, f"cp {head_dir}/{HEAD_FILE} {tmp_path}/head.json")
+    script = "\n".join(lines) + "\n"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     canary = _canary(canary_dir)
     t0 = time.monotonic()
@@ -60,7 +67,8 @@ def test_readme_local_head_job(tmp_path) -> None:
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=900)
         assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
-        assert not head_pids(head_dir), "the head's processes outlived `head stop`"
+        gcs_port = json.loads((tmp_path / "head.json").read_text())["ports"]["port"]
+        assert not head_pids(head_dir, gcs_port), "the head's processes outlived `head stop`"
         assert canary.poll() is None and head_pids(canary_dir), "`head stop` touched another Ray instance"
     finally:
         for d in (head_dir, canary_dir):
@@ -110,16 +118,22 @@ def test_head_pids_are_that_heads_processes_and_their_children() -> None:
     # a shell command that merely mentions the temp dir, and a "daemon" that names a session dir of it
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--temp-dir", td])
     daemon = subprocess.Popen([sys.executable, "-c", sleeper, f"--session-dir={td}/session_1"])
+    # the Ray client server names only the GCS address; another Ray's GCS port that merely starts alike is not it
+    client_server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--address=192.0.2.2:47001"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--address=192.0.2.2:470012"])
     try:
         deadline = time.monotonic() + 10
         while len(head_pids(td)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         pids = head_pids(td)
         assert daemon.pid in pids and len(pids) == 2 and bystander.pid not in pids, pids
+        with_port = head_pids(td, gcs_port=47001)
+        assert set(with_port) == {*pids, client_server.pid} and other.pid not in with_port, with_port
     finally:
         for pid in head_pids(td):
             os.kill(pid, 9)
-        bystander.kill()
-        for p in (bystander, daemon):
+        for p in (bystander, client_server, other):
+            p.kill()
+        for p in (bystander, daemon, client_server, other):
             p.wait()
         shutil.rmtree(td, ignore_errors=True)

@@ -101,6 +101,16 @@ def test_max_overlap() -> None:
     assert max_overlap([]) == 0
 
 
+def test_summary_marks_trials_the_scheduler_stopped_early() -> None:
+    from rllib_rec.tuning.sweep import _table
+
+    row = {"trial": "t0", "status": "OK", "iterations": 3, "best_iteration": 3, "value": 1.0, "training_return": 1.0,
+           "params": {}, "node": ""}
+    rows = [row, {**row, "trial": "t1", "iterations": 2}, {**row, "trial": "t2", "status": "ERROR", "iterations": 1}]
+    lines = _table(rows, "validation/return_mean", iterations=3).splitlines()[2:]
+    assert [line.split()[2] for line in lines] == ["OK", "stopped", "ERROR"], lines
+
+
 def test_search_space_combinations_beyond_the_cap_are_checked_pairwise(tmp_path: Path, monkeypatch) -> None:
     from rllib_rec.config import sweep
 

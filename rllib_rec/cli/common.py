@@ -13,8 +13,9 @@ from rllib_rec.training.checkpoints import checkpoint_config, load_module, resol
 __all__ = ["add_config_args", "resolve_env_config", "load_checkpoint_module", "check_module_fits"]
 
 
-def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", "-c", required=required, help="experiment YAML (e.g. configs/default.yaml)")
+def add_config_args(p: argparse.ArgumentParser, required: bool = True,
+                    config_help: str = "experiment YAML (e.g. configs/default.yaml)") -> None:
+    p.add_argument("--config", "-c", required=required, help=config_help)
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set dqn.lr=1e-3 (repeatable; validated like the file)",

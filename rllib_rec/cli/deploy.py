@@ -96,10 +96,10 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "head",
         help="start/stop a private local Ray head for `submit` (own free ports and temp dir; stopped by PID)",
-        description="A Ray head on this machine that collides with no other Ray: every port is a free loopback "
-        "port and the temp dir is its own. `start` prints the job server address on stdout (the rest on "
+        description="A Ray head on this machine that collides with no other Ray: every port is a free port "
+        "(the job server on 127.0.0.1; Ray binds some others on every interface) and the temp dir is its own. `start` prints the job server address on stdout (the rest on "
         "stderr) once the head's job agent answers; `stop` signals only that head's processes, found by its "
-        "temp dir (`ray stop` would stop every Ray instance on the machine); `status` prints the address.",
+        "temp dir and GCS port (`ray stop` would stop every Ray instance on the machine); `status` prints the address.",
     )
     head_sub = p.add_subparsers(dest="head_command", metavar="ACTION", required=True)
     for action, text in (("start", "start a head"), ("stop", "stop the head of --temp-dir"),

@@ -11,8 +11,8 @@ __all__ = ["build_parser"]
 VERBOSE_HELP = ("also show the start-up warnings and logs of Ray, RLlib, TensorFlow/absl and MLflow, and Ray "
                 "workers' output (hidden by default)")
 EPILOG = """\
-Config files are YAML with sections env, model, dqn, run (see configs/ and README). Override any key
-with --set section.key=value (repeatable), e.g. --set env.preset=seed --set dqn.lr=1e-3.
+Config files are YAML with sections env, model, dqn, run and faults, plus sweep for `tune` (see configs/
+and README). Override any key with --set section.key=value (repeatable), e.g. --set dqn.lr=1e-3.
 """
 
 

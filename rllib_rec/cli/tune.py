@@ -28,7 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(consumed by `rllib-rec export --best`). --resume continues an interrupted sweep without rerunning "
         "finished trials.",
     )
-    add_config_args(p)
+    add_config_args(p, config_help="sweep YAML: an experiment plus a sweep section (e.g. configs/sweep.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage_path>/<name>")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or local sqlite)")
     p.add_argument("--no-tracking", action="store_true", help="sweep without MLflow (trials, best.json and "

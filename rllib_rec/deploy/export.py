@@ -250,7 +250,8 @@ def export_checkpoint(
         ok = False
         try:
             # The checkpoint's own network spec, as it was trained, is what the converter rebuilds.
-            bar.set_postfix_str(f"converting {', '.join(modes)} (TensorFlow child process), parity", refresh=False)
+            names = ", ".join("float32" if m == "none" else m for m in modes)
+            bar.set_postfix_str(f"converting {names} (TensorFlow child process), parity", refresh=False)
             result = _convert(work, module.spec.to_dict(), weights, obs, q_ref, modes, log)
             _gate(result, modes, ckpt)
             bar.update(1)

@@ -5,7 +5,7 @@ A plain ``ray start --head`` takes Ray's fixed default ports (GCS 6379, dashboar
 client server 10001, ...) and its default temp dir ``/tmp/ray``: it collides with any other Ray on the
 machine (a second head fails to start, a local ``ray.init()`` holds 52365 and the head's job agent cannot
 bind, so every job gets "No available agent"), and ``ray stop`` stops *every* Ray instance on the machine.
-:func:`start_head` gives the head free loopback ports and its own temp dir, waits until its job agent
+:func:`start_head` gives the head free ports and its own temp dir, waits until its job agent
 answers, and records the address in ``<temp dir>/rllib-rec-head.json``; :func:`stop_head` signals only
 the processes that belong to that temp dir (SIGTERM, then SIGKILL after ``grace_s``).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -78,15 +79,22 @@ def _processes() -> dict[int, tuple[int, str]]:
     return procs
 
 
-def head_pids(temp_dir: str | os.PathLike[str]) -> list[int]:
+def head_pids(temp_dir: str | os.PathLike[str], gcs_port: int | None = None) -> list[int]:
     """PIDs of the head whose temp dir is ``temp_dir``: every process whose command line names a session
-    directory of it (``<temp dir>/session_...``: GCS, raylet, dashboard, log monitor, autoscaler monitor),
-    and their descendants (the agents and workers, which rename themselves ``ray::...``). A shell that merely
-    mentions the temp dir (``rllib-rec head stop --temp-dir ...``) is not one of them."""
-    marker = str(Path(temp_dir).expanduser().resolve()) + "/session_"
+    directory of it (``<temp dir>/session_...``: GCS, raylet, dashboard, log monitor, autoscaler monitor) or
+    its GCS port (``--address=<host>:<port>``: the Ray client server, which daemonises and names no temp dir;
+    the port is read from the head's record unless given), and their descendants (the agents and workers,
+    which rename themselves ``ray::...``). A shell that merely mentions the temp dir (``rllib-rec head stop
+    --temp-dir ...``) is not one of them."""
+    td = Path(temp_dir).expanduser().resolve()
+    marker = str(td) + "/session_"
+    if gcs_port is None and (td / HEAD_FILE).is_file():
+        gcs_port = json.loads((td / HEAD_FILE).read_text())["ports"]["port"]
+    gcs = re.compile(rf"--(?:gcs-)?address=\S+:{gcs_port}(?!\d)") if gcs_port else None
     procs = _processes()
     own = os.getpid()
-    found = {pid for pid, (_, cmd) in procs.items() if marker in cmd and pid != own}
+    found = {pid for pid, (_, cmd) in procs.items()
+             if pid != own and (marker in cmd or (gcs is not None and gcs.search(cmd)))}
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
@@ -121,7 +129,7 @@ def _wait_port(port: int, timeout_s: float) -> bool:
 
 def start_head(temp_dir: str | os.PathLike[str] = DEFAULT_TEMP_DIR, num_cpus: int | None = None,
                log: Callable[[str], None] = print, agent_timeout_s: float = 120.0) -> str:
-    """Start a head on free loopback ports with its own temp dir; return its job server address once its job
+    """Start a head on free ports with its own temp dir; return its job server address once its job
     agent listens. The head's processes inherit this environment (minus ``RAY_ADDRESS`` and
     ``MLFLOW_TRACKING_URI``: a job gets its tracking URI from ``submit``), so MLflow credentials exported
     here (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) reach the jobs."""
@@ -148,27 +156,28 @@ def start_head(temp_dir: str | os.PathLike[str] = DEFAULT_TEMP_DIR, num_cpus: in
     except FileNotFoundError:
         raise UsageError("`ray` not found: install the project (`make venv`) and run .venv/bin/rllib-rec") from None
     if out.returncode != 0:
-        stop_head(td, log=lambda s: None)
+        stop_head(td, log=lambda s: None, gcs_port=ports["port"])
         last = next((ln.strip() for ln in reversed(out.stderr.splitlines()) if ln.strip()), f"exit {out.returncode}")
         raise UsageError(f"`ray start --head` failed: {last[:300]}")
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    # Written before the wait: stop_head finds the client server by the GCS port recorded here.
+    (td / HEAD_FILE).write_text(json.dumps({"address": address, "gcs_address": f"127.0.0.1:{ports['port']}",
+                                            "ports": ports, "temp_dir": str(td)}, indent=2))
     if not _wait_port(ports["dashboard-agent-listen-port"], agent_timeout_s):
         stop_head(td, log=lambda s: None)
         raise UsageError(f"the head's job agent did not start within {agent_timeout_s:g}s (see "
                          f"{td}/session_latest/logs/dashboard_agent.log); the head was stopped")
-    (td / HEAD_FILE).write_text(json.dumps({"address": address, "gcs_address": f"127.0.0.1:{ports['port']}",
-                                            "ports": ports, "temp_dir": str(td)}, indent=2))
     log(f"Ray head up: job server {address}, GCS 127.0.0.1:{ports['port']}, temp dir {td}")
     log(f"stop it with: rllib-rec head stop --temp-dir {td}   (not `ray stop`: that stops every Ray on this machine)")
     return address
 
 
 def stop_head(temp_dir: str | os.PathLike[str] = DEFAULT_TEMP_DIR, log: Callable[[str], None] = print,
-              grace_s: float = 15.0) -> list[int]:
+              grace_s: float = 15.0, gcs_port: int | None = None) -> list[int]:
     """SIGTERM the processes of the head in ``temp_dir``, SIGKILL what is left after ``grace_s``; returns
     their PIDs. Other Ray instances on the machine are not touched. Stopping no head is not an error."""
     td = Path(temp_dir).expanduser().resolve()
-    pids = head_pids(td)
+    pids = head_pids(td, gcs_port)
     if not pids:
         log(f"no Ray head runs in {td}")
         (td / HEAD_FILE).unlink(missing_ok=True)
@@ -180,9 +189,9 @@ def stop_head(temp_dir: str | os.PathLike[str] = DEFAULT_TEMP_DIR, log: Callable
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and set(pids) & set(head_pids(td)):
+        while time.monotonic() < deadline and set(pids) & set(head_pids(td, gcs_port)):
             time.sleep(0.3)
-        if not set(pids) & set(head_pids(td)):
+        if not set(pids) & set(head_pids(td, gcs_port)):
             break
     (td / HEAD_FILE).unlink(missing_ok=True)
     log(f"stopped the Ray head in {td}: PIDs {' '.join(map(str, pids))}")

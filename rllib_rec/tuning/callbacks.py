@@ -15,20 +15,26 @@ from rllib_rec.training.online import iteration_metrics
 from rllib_rec.training.tracking import RunLogger, TrackingError
 from rllib_rec.tuning.search_space import trial_experiment_config
 
-__all__ = ["trial_dirname", "progress_callback", "trial_tracking_callback", "metric_value", "fmt"]
+__all__ = ["trial_dirname", "trial_iterations", "progress_callback", "trial_tracking_callback", "metric_value", "fmt"]
 
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directories (Tune's default embeds every sampled value in the name)."""
     return f"trial_{trial.trial_id}"
 
+def trial_iterations(scfg: SweepConfig) -> int:
+    """A trial's full length in iterations (ASHA's max_t where set); a trial that ran fewer was stopped early."""
+    sw = scfg.sweep
+    return sw.max_t if sw.scheduler == "asha" and sw.max_t else scfg.experiment.run.iterations
+
+
 def progress_callback(scfg: SweepConfig, log: Callable[[str], None]) -> Any:
     """One line per trial result instead of Tune's verbose tables (which dump the whole RLlib config), and a
     progress bar over all trial iterations (an upper bound: ASHA stops some trials early), ETA included."""
     from ray import tune
 
-    sw, run = scfg.sweep, scfg.experiment.run
-    last = sw.max_t if sw.scheduler == "asha" and sw.max_t else run.iterations
+    sw = scfg.sweep
+    last = trial_iterations(scfg)
     shown = list(dict.fromkeys((sw.asha_metric if sw.scheduler == "asha" else TRAINING_METRIC, sw.metric)))
 
     class _Progress(tune.Callback):
@@ -54,7 +60,9 @@ def progress_callback(scfg: SweepConfig, log: Callable[[str], None]) -> Any:
                 self._bar.update(1)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            log(f"  {trial.trial_id}  finished")
+            done = int((trial.last_result or {}).get("training_iteration", 0) or 0)
+            log(f"  {trial.trial_id}  " + ("finished" if done >= last else
+                                          f"stopped early by the scheduler after {done} of {last} iterations"))
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             if self._ticks is not None:

@@ -38,6 +38,7 @@ from rllib_rec.tuning.callbacks import (
     metric_value,
     progress_callback,
     trial_dirname,
+    trial_iterations,
     trial_tracking_callback,
 )
 from rllib_rec.tuning.search_space import build_param_space, sampled_values, trial_experiment_config
@@ -151,9 +152,12 @@ def _materialise_best(scfg: SweepConfig, row: dict[str, Any], dest: Path) -> tup
     return dest, src
 
 
-def _table(rows: list[dict[str, Any]], metric: str) -> str:
+def _table(rows: list[dict[str, Any]], metric: str, iterations: int) -> str:
+    """``iterations``: a trial's full length; an OK trial that ran fewer was stopped early by ASHA."""
     keys = sorted({k for row in rows for k in row["params"]})
-    body = [[str(i + 1), row["trial"], row["status"], str(row["iterations"]), str(row["best_iteration"] or "-"),
+    status = [("stopped early" if row["status"] == "OK" and row["iterations"] < iterations else row["status"])
+              for row in rows]
+    body = [[str(i + 1), row["trial"], status[i], str(row["iterations"]), str(row["best_iteration"] or "-"),
              fmt(row["value"]), fmt(row["training_return"]), *[fmt(row["params"].get(k, "")) for k in keys],
              row.get("node", "")[:NODE_ID_CHARS] or "-"]
             for i, row in enumerate(rows)]
@@ -191,7 +195,7 @@ def run_sweep(
         raise KeyboardInterrupt
 
     rows, concurrency = _trial_rows(scfg, grid)
-    table = _table(rows, scfg.sweep.metric)
+    table = _table(rows, scfg.sweep.metric, trial_iterations(scfg))
     _log_sweep(table, rows, trials, concurrency, log)
     ok = [row for row in rows if row["status"] == "OK" and row["checkpoint"] is not None]
     if not ok:
