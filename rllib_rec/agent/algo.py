@@ -67,33 +67,9 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
 
     from rllib_rec.agent.learner import WeightedDQNTorchLearner
     from rllib_rec.agent.module import TransformerDQNModule
-    from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
 
-    d, r = cfg.dqn, cfg.run
-    replay: dict[str, Any] = {"capacity": d.replay_capacity}
-    if d.prioritized_replay:
-        replay.update(type=PRIORITIZED_BUFFER, alpha=d.per_alpha, beta=d.per_beta)
-    else:
-        replay.update(type=UNIFORM_BUFFER)
-    training: dict[str, Any] = dict(
-        # A linear decay settles Q-learning's late oscillations (greedy return swinging between checkpoints).
-        lr=d.lr if d.lr_end is None else [[0, d.lr], [d.lr_decay_steps, d.lr_end]],
-        gamma=d.gamma,
-        n_step=d.n_step,
-        double_q=d.double_q,
-        dueling=cfg.model.dueling,
-        target_network_update_freq=d.target_update_freq,
-        tau=d.tau,
-        train_batch_size_per_learner=d.train_batch_size,
-        replay_buffer_config=replay,
-        epsilon=[(0, d.epsilon_start), (d.epsilon_timesteps, d.epsilon_end)],
-        num_steps_sampled_before_learning_starts=d.learning_starts,
-        grad_clip=d.grad_clip,
-        grad_clip_by="global_norm",
-        td_error_loss_fn="huber",
-    )
-    if d.training_intensity is not None:
-        training["training_intensity"] = d.training_intensity
+    r = cfg.run
+    training = _training_settings(cfg)
     model_config = module_model_config(cfg)
     config = (
         DQNConfig()
@@ -102,7 +78,7 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
         .env_runners(
             num_env_runners=r.num_env_runners,
             num_envs_per_env_runner=r.num_envs_per_env_runner,
-            rollout_fragment_length=d.rollout_fragment_length,
+            rollout_fragment_length=cfg.dqn.rollout_fragment_length,
             num_cpus_per_env_runner=1,
         )
         .learners(
@@ -128,3 +104,35 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
         config.resources(num_cpus_for_main_process=trial_cpus)
         config.callbacks(on_algorithm_init=_one_torch_thread_per_trial)
     return config
+
+
+def _training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``DQNConfig.training`` keyword arguments: optimisation, targets, replay buffer, exploration."""
+    from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER  # after build_algo_config's imports
+
+    d = cfg.dqn
+    replay: dict[str, Any] = {"capacity": d.replay_capacity}
+    if d.prioritized_replay:
+        replay.update(type=PRIORITIZED_BUFFER, alpha=d.per_alpha, beta=d.per_beta)
+    else:
+        replay.update(type=UNIFORM_BUFFER)
+    training: dict[str, Any] = dict(
+        # A linear decay settles Q-learning's late oscillations (greedy return swinging between checkpoints).
+        lr=d.lr if d.lr_end is None else [[0, d.lr], [d.lr_decay_steps, d.lr_end]],
+        gamma=d.gamma,
+        n_step=d.n_step,
+        double_q=d.double_q,
+        dueling=cfg.model.dueling,
+        target_network_update_freq=d.target_update_freq,
+        tau=d.tau,
+        train_batch_size_per_learner=d.train_batch_size,
+        replay_buffer_config=replay,
+        epsilon=[(0, d.epsilon_start), (d.epsilon_timesteps, d.epsilon_end)],
+        num_steps_sampled_before_learning_starts=d.learning_starts,
+        grad_clip=d.grad_clip,
+        grad_clip_by="global_norm",
+        td_error_loss_fn="huber",
+    )
+    if d.training_intensity is not None:
+        training["training_intensity"] = d.training_intensity
+    return training
