@@ -73,4 +73,5 @@ class RequestError(RllibRecError, ValueError):
 
 
 class ResourceError(RllibRecError, RuntimeError):
-    """The Ray cluster has fewer CPUs than a run or sweep trial needs, and no autoscaler to add them."""
+    """The Ray cluster has fewer CPUs than a run or sweep trial needs, and no autoscaler to add them, or a
+    local Ray instance could not start."""

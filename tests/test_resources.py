@@ -115,3 +115,33 @@ def test_train_and_tune_check_right_after_ray_starts(monkeypatch, tmp_path) -> N
                             ["sweep.cpus_per_trial=3", f"sweep.storage_path={tmp_path}", f"run.output_dir={tmp_path}"],
                             track=False, log=lambda s: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_local_ray_that_misses_its_start_up_wait_is_retried_then_one_line(monkeypatch) -> None:
+    """Ray gives a starting node a fixed 30 s; on a busy machine it raises a bare Exception with a traceback."""
+    import ray
+
+    calls: list[str] = []
+    timeout = Exception("The current node timed out during startup. This could happen because ...")
+
+    def init(fails: int):
+        def _init(**kwargs):
+            calls.append(kwargs["address"])
+            if calls.count("local") <= fails:
+                raise timeout
+        return _init
+
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "init", init(fails=2))
+    runtime._start_local_ray(num_cpus=1)
+    assert calls == ["local", "shutdown", "local", "shutdown", "local"]
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", init(fails=99))
+    with pytest.raises(ResourceError, match="did not start in 3 tries") as err:
+        runtime._start_local_ray(num_cpus=1)
+    assert "\n" not in str(err.value) and calls.count("local") == runtime.LOCAL_RAY_TRIES
+
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(ValueError("another problem")))
+    with pytest.raises(ValueError, match="another problem"):  # anything else is not retried or reworded
+        runtime._start_local_ray(num_cpus=1)

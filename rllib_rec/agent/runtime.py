@@ -103,13 +103,29 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     # address="local": without it Ray joins whatever `ray start` cluster this machine last started
     # (/tmp/ray/ray_current_cluster) instead of starting the private instance a local run promises.
     _started_local = True
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        runtime_env={"env_vars": dict(KERAS_ENV)},
-        **{"log_to_driver": True, **kwargs},
-    )
+    _start_local_ray(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": dict(KERAS_ENV)},
+                     **{"log_to_driver": True, **kwargs})
+
+
+LOCAL_RAY_TRIES = 3
+
+
+def _start_local_ray(**kwargs: Any) -> None:
+    """``ray.init(address="local")``, tried again when the node misses Ray's fixed 30 s start-up wait (a
+    busy machine); after the last try, one line instead of Ray's traceback."""
+    import ray
+
+    for attempt in range(1, LOCAL_RAY_TRIES + 1):
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 — Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_RAY_TRIES:
+                raise ResourceError(f"a local Ray instance did not start in {LOCAL_RAY_TRIES} tries (Ray waits 30 s "
+                                    f"for its node each time; is the machine overloaded?)") from None
 
 
 # -- "does it fit?" -----------------------------------------------------------------------------------
