@@ -3,6 +3,7 @@ checkpoint to TFLite through the parity gate, answer one recommendation with Lit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def run_demo(overrides: Sequence[str] = (), tracking_uri: str | None = None,
     return [
         *summary_lines(res),
         f"TFLite model  : {model}  (max|dQ| {parity['max_abs_diff']:.1e}, top-1 {parity['top1_agreement']:.0%})",
-        f"serve it      : rllib-rec serve --model {model}",
+        f"serve it      : {_cli_path()} serve --model {model}",
     ]
 
+
+def _cli_path() -> str:
+    """How to call the CLI from where the user stands: the venv's script (not on PATH unless activated)."""
+    script = Path(sys.executable).with_name("rllib-rec")
+    if not script.is_file():
+        return "rllib-rec"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
