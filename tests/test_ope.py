@@ -220,19 +220,25 @@ def test_cli_ope_obd(capsys) -> None:
         assert f"\n{name} " in out
 
 
-def test_cli_ope_on_collected_logs(tmp_path, capsys) -> None:
+def _collect_random_then_ope_history(tmp_path, capsys) -> str:
+    """`collect` 200 random 3-step episodes of the seed shop into tmp_path/logs.parquet, then `ope` of `history`
+    on them: its output."""
     logs = tmp_path / "logs.parquet"
     assert main(["collect", "--config", "configs/seed.yaml", "--set", "env.max_steps=3", "--policy", "random",
                  "--episodes", "200", "--out", str(logs)]) == 0
     capsys.readouterr()
     assert main(["ope", "--logs", str(logs), "--policy", "history", "--n-bootstrap", "20"]) == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_cli_ope_on_collected_logs(tmp_path, capsys) -> None:
+    out = _collect_random_then_ope_history(tmp_path, capsys)
     assert "target: history" in out and "600 rows, 200 episodes" in out
     rows = {line.split("  ")[0].strip(): line for line in out.splitlines()}
     assert {"IPS", "SNIPS", "DM", "DR", "PDIS (episode return)", "trajectory IS (episode return)"} <= set(rows)
     # Targets that read hidden state, and missing targets, are one-line errors.
     for argv, needle in ((["--policy", "myopic_oracle"], "hidden state"), ([], "give the target policy")):
-        assert main(["ope", "--logs", str(logs), *argv]) == 2
+        assert main(["ope", "--logs", str(tmp_path / "logs.parquet"), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
 
@@ -288,12 +294,7 @@ def test_low_effective_sample_size_is_flagged_beside_the_estimate(tmp_path, caps
 
     assert low_ess(Estimate("x", 0, 0, 0, ess=19.9, n=200)) and not low_ess(Estimate("x", 0, 0, 0, ess=20, n=200))
     assert LOW_ESS_FRACTION == 0.1 and not low_ess(Estimate("DM", 0, 0, 0, ess=None, n=200))
-    logs = tmp_path / "logs.parquet"
-    assert main(["collect", "--config", "configs/seed.yaml", "--set", "env.max_steps=3", "--policy", "random",
-                 "--episodes", "200", "--out", str(logs)]) == 0
-    capsys.readouterr()
-    assert main(["ope", "--logs", str(logs), "--policy", "history", "--n-bootstrap", "20"]) == 0
-    out = capsys.readouterr().out
+    out = _collect_random_then_ope_history(tmp_path, capsys)
     row = next(line for line in out.splitlines() if line.startswith("trajectory IS"))
     assert " LOW " in f"{row} "
     warning = next(line for line in out.splitlines() if line.startswith("warning: trajectory IS (episode return)"))
