@@ -192,3 +192,31 @@ def test_rejects_distributional_and_bad_spaces():
             action_space=gym.spaces.Discrete(N + 1),
             model_config=dict(SMALL, epsilon=0.1),
         )
+
+
+def test_train_forward_matches_the_stock_double_q_forward():
+    """Only Q(obs) carries gradients: the same Q-values and the same loss gradient as RLlib's forward over
+    cat(obs, next_obs), and nothing of the next-obs passes is kept for backward."""
+    from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+
+    m = make_module(jit_trace=False)
+    rng = np.random.default_rng(3)
+    batch = {Columns.OBS: make_obs(rng, 32), Columns.NEXT_OBS: make_obs(rng, 32)}
+    actions = torch.as_tensor(rng.integers(0, N, 32))
+    rewards = torch.as_tensor(rng.random(32), dtype=torch.float32)
+    results = []
+    for forward in (m.forward_train, lambda b: DefaultDQNTorchRLModule._forward_train(m, b)):
+        out = forward(batch)
+        best = out[QF_NEXT_PREDS].argmax(-1, keepdim=True)
+        target = rewards + 0.9 * out[QF_TARGET_NEXT_PREDS].gather(1, best).squeeze(1)
+        loss = torch.nn.functional.huber_loss(out[QF_PREDS].gather(1, actions[:, None]).squeeze(1), target.detach())
+        m.zero_grad()
+        loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in m.qnet.named_parameters() if p.grad is not None}))
+    (ours, our_grads), (stock, stock_grads) = results
+    assert not ours[QF_NEXT_PREDS].requires_grad and not ours[QF_TARGET_NEXT_PREDS].requires_grad
+    for key in (QF_PREDS, QF_NEXT_PREDS, QF_TARGET_NEXT_PREDS):
+        torch.testing.assert_close(ours[key], stock[key], atol=1e-5, rtol=1e-5)
+    assert our_grads.keys() == stock_grads.keys() and our_grads
+    for name, g in our_grads.items():
+        torch.testing.assert_close(g, stock_grads[name], atol=1e-6, rtol=1e-5)

@@ -13,6 +13,8 @@
   the mask (the stock exploration samples among "Q != 0", which picks masked items and crashes on a
   cold-start user). Exploration also emits the behaviour probability of the chosen action as
   `Columns.ACTION_PROB` for inverse-propensity weighting in the learner.
+* Training runs Q(obs) with gradients and the double-Q argmax and target passes over next_obs without
+  (the stock module backpropagates through cat(obs, next_obs): twice the backward work, same gradient).
 * Optional `torch.jit.trace` of the Keras net (`model_config["jit_trace"]`, default True): Keras adds
   ~1 ms framework overhead per forward at these sizes; the traced graph shares the parameters (so
   optimizer steps and `load_state_dict` syncs need no re-trace) and is kept out of `state_dict`.
@@ -32,7 +34,7 @@ from typing import Any
 import gymnasium as gym
 import keras
 import torch
-from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
+from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.schedules.scheduler import Scheduler
@@ -187,9 +189,21 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         return {Columns.ACTIONS: actions, Columns.ACTION_PROB: probs}
 
     def _forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
-        # Parent does the double-Q forward (one pass over cat(obs, next_obs)) and the target pass.
+        """Q(obs) with gradients; the double-Q argmax pass over next_obs and the target pass without.
+
+        The stock module runs the online net on cat(obs, next_obs) with autograd on, so the backward pass
+        walks both halves although only Q(obs) has a gradient (the argmax is not differentiable): twice the
+        backward work for the same update."""
+        if self.inference_only:
+            raise RuntimeError("an inference-only module cannot be trained")
         self._training_forward = True
         try:
-            return super()._forward_train(batch)
+            out = {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]}  # [B, K]
+            with torch.no_grad():
+                next_obs = {Columns.OBS: batch[Columns.NEXT_OBS]}
+                if self.uses_double_q:
+                    out[QF_NEXT_PREDS] = self.compute_q_values(next_obs)[QF_PREDS]  # [B, K]
+                out[QF_TARGET_NEXT_PREDS] = self.forward_target(next_obs)[QF_PREDS]  # [B, K]
+            return out
         finally:
             self._training_forward = False
