@@ -59,6 +59,8 @@ class RetrievalMix:
         self._covisit_ext, self._covisit_shift = catalog.covisit_table(COVISIT_WINDOW) if self.n_related else ((), [])
         self._table = np.zeros((self.n_anchors, RELATED_PER_ITEM + COVISIT_WINDOW), dtype=np.int32)  # [L, R + W]
         self._table_flat = self._table.ravel()  # view
+        # While r < L rows are filled, rows r..L-1 repeat them: their sources, per r.
+        self._repeat_rows = [None, *(np.arange(r, self.n_anchors) % r for r in range(1, self.n_anchors))]
         lo = len(self.featured) + self.n_popular
         self._related_cols = (lo, lo + self.n_related)  # the related slots' columns of a candidate row
         self._first = np.ones(k, dtype=bool)  # dedup scratch: is each sorted entry the first of its value
@@ -146,4 +148,4 @@ class RetrievalMix:
         self._next_row = row
         self._n_rows = rows = min(self._n_rows + len(pending), L)
         if rows < L:
-            table[rows:] = table[np.arange(rows, L) % rows]
+            table[rows:] = table[self._repeat_rows[rows]]

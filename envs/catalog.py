@@ -195,7 +195,7 @@ class Catalog:
     def item_in_category(self, category: int, u: float) -> int:
         """The item of ``category`` at quantile ``u`` in [0, 1) of its popularity distribution."""
         lo, hi = self._offsets_list[category], self._offsets_list[category + 1]
-        idx = int(np.searchsorted(self._cat_cdf[lo:hi], u, side="right"))
+        idx = int(self._cat_cdf[lo:hi].searchsorted(u, side="right"))
         return int(self.category_items[lo + min(idx, hi - lo - 1)])
 
     def sample_popular(self, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -54,6 +54,8 @@ __all__ = ["OBS_KEYS", "ECommerceEnv", "CandidateDiscrete", "InvalidActionError"
 # The observation's keys, in the order everything downstream stacks, logs and feeds them.
 OBS_KEYS = ("items", "events", "candidates", "candidate_mask")
 
+_HISTORY_SLACK = 64  # pushes between two moves of the history buffer
+
 # splitmix64 constants (the per-session stock hash)
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S11, _S27, _S30, _S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
@@ -112,8 +114,10 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         )
         self.user: UserState | None = None
         self.t = 0
-        self._history = np.zeros((2, h), dtype=np.int32)  # [2, H]: item tokens, event codes
-        self._items, self._events = self._history  # views
+        # [2, H + slack]: item tokens, event codes. The history is the H columns before _end; a push writes at
+        # _end and moves it on, and only when the buffer is full are the last H - 1 columns moved to the front.
+        self._history = np.zeros((2, h + _HISTORY_SLACK), dtype=np.int32)
+        self._end = h
         self._cands = np.zeros(k, dtype=np.int32)  # [K] this step's candidate item ids
         self._mask = np.zeros(k, dtype=np.int8)  # [K] valid slots this step
         # Valid at every step of *this* session; updated in place, so the action space's unmasked samples stay
@@ -142,6 +146,7 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         self.user = self.user_sampler.sample(rng)
         self.t = 0
         self._history.fill(0)
+        self._end = self.history_length
         if not self.full_catalog:
             self.retrieval.reset(reseeded=seed is not None)
         lo, hi = self.config.users.initial_history
@@ -171,7 +176,8 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self.user is None:
             return None
-        events = [f"{EVENT_NAMES[e]}:{i - 1}" for i, e in zip(self._items, self._events, strict=True) if e]
+        items, events = self._window().tolist()
+        events = [f"{EVENT_NAMES[e]}:{i - 1}" for i, e in zip(items, events, strict=True) if e]
         return f"t={self.t} patience={self.user.patience:.2f} history=[{', '.join(events)}]"
 
     # -- public helpers --------------------------------------------------------------------------------------
@@ -213,9 +219,14 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
 
     # -- internals -------------------------------------------------------------------------------------------
     def _push(self, item: int, event: int) -> None:
-        hist = self._history
-        hist[:, :-1] = hist[:, 1:]
-        hist[:, -1] = (item + 1, event)
+        hist, end = self._history, self._end
+        if end == hist.shape[1]:
+            keep = self.history_length - 1
+            hist[:, :keep] = hist[:, end - keep : end]
+            end = keep
+        hist[0, end] = item + 1
+        hist[1, end] = event
+        self._end = end + 1
         if not self.full_catalog:
             self.retrieval.observe(item, event)
 
@@ -223,8 +234,9 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
         """Organic browses into an empty history (a session's initial history): the last H of them, at the end."""
         k = min(len(items), self.history_length)
         if k:
-            self._history[0, -k:] = np.asarray(items[-k:]) + 1
-            self._history[1, -k:] = ORGANIC
+            end = self._end  # an empty history: nothing pushed since reset
+            self._history[0, end - k : end] = np.asarray(items[-k:]) + 1
+            self._history[1, end - k : end] = ORGANIC
         if not self.full_catalog:
             for item in items:
                 self.retrieval.observe(item, ORGANIC)
@@ -271,11 +283,15 @@ class ECommerceEnv(gym.Env[dict[str, np.ndarray], int]):
             mask[f:m] = self._stock_uniform(cands[f:m]) >= p
             mask[m:] = 0
 
+    def _window(self) -> np.ndarray:
+        """[2, H] view: the history's item tokens and event codes, oldest first."""
+        return self._history[:, self._end - self.history_length : self._end]
+
     def _obs(self) -> dict[str, np.ndarray]:
-        items, events = self._history.copy()
+        history = self._window().copy()
         return {
-            "items": items,
-            "events": events,
+            "items": history[0],
+            "events": history[1],
             "candidates": self._cands.copy(),
             "candidate_mask": self._mask.copy(),
         }

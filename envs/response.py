@@ -14,6 +14,8 @@ a click on a low-quality item drains patience and purchase intent, so a myopic p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from envs.catalog import Catalog
@@ -51,9 +53,10 @@ class RewardFunction:
         self.table[VIEW] = config.view
         self.table[CLICK] = config.click
         self.table[PURCHASE] = config.purchase
+        self._values = self.table.tolist()
 
     def __call__(self, event: int) -> float:
-        return float(self.table[event])
+        return self._values[event]
 
 
 class FunnelResponse:
@@ -80,7 +83,7 @@ class FunnelResponse:
         cfg, cat = self.config, self.catalog
         items = np.asarray(items)
         c = cat.category[items]
-        match = user.interest[c] / user.interest.max()  # [K] in (0, 1]
+        match = user.interest[c] / user.interest_max  # [K] in (0, 1]
         if cfg.fatigue:
             damp = np.exp(-user.fatigue[c])
             recent = self.recently_shown(user, items, t)
@@ -126,10 +129,9 @@ class FunnelResponse:
         same numbers, bit for bit), without the per-call cost of numpy on 1-element arrays."""
         cfg, cat = self.config, self.catalog
         c = int(cat.category[item])
-        interest = user.interest
-        match = float(interest[c]) / float(interest.max())
+        match = float(user.interest[c]) / user.interest_max
         if cfg.fatigue:
-            damp = float(np.exp(-user.fatigue[c]))
+            damp = math.exp(-float(user.fatigue[c]))
             if t - user.last_shown.get(item, _NEVER) <= cfg.repeat_window:
                 damp = damp * cfg.repeat_penalty
         else:
@@ -177,8 +179,7 @@ class FunnelResponse:
                 pp = user.purchase_propensity + cfg.trust_growth * (quality - 0.5)
                 user.purchase_propensity = min(1.0, max(0.0, pp))
             if cfg.interest_drift:
-                user.interest *= 1 - cfg.drift_rate
-                user.interest[c] += cfg.drift_rate
+                user.move_interest(c, cfg.drift_rate)
         return event
 
     def tick(self, user: UserState, rng: np.random.Generator) -> tuple[list[int], bool]:
@@ -197,8 +198,7 @@ class FunnelResponse:
             current = int(np.argmax(user.interest))
             new = int(rng.integers(n_cat - 1))
             new += new >= current  # any category but the current favourite
-            user.interest *= 1 - cfg.shift_strength
-            user.interest[new] += cfg.shift_strength
+            user.move_interest(new, cfg.shift_strength)
             shifted = True
             if cfg.organic_browsing:  # a new intent shows up as the user looking for it
                 browsed.append(self.catalog.sample_in_category(new, rng))
@@ -208,9 +208,7 @@ class FunnelResponse:
 
     def sample_organic(self, user: UserState, rng: np.random.Generator) -> int:
         """An item the user browses on their own: category by interest, item by popularity."""
-        cdf = np.cumsum(user.interest)
-        c = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-        return self.catalog.sample_in_category(min(c, self.catalog.n_categories - 1), rng)
+        return self.catalog.sample_in_category(user.category_at(rng.random()), rng)
 
     def sample_organic_many(self, user: UserState, rng: np.random.Generator, n: int) -> list[int]:
         """``n`` organic browses in a row (the interest does not move in between): the same draws, in the same
@@ -218,10 +216,8 @@ class FunnelResponse:
         if n <= 0:
             return []
         cat = self.catalog
-        cdf = np.cumsum(user.interest)
-        u = rng.random(2 * n)  # the stream of n x (category draw, item draw)
-        cats = np.minimum(np.searchsorted(cdf, u[0::2] * cdf[-1], side="right"), cat.n_categories - 1)
-        return [cat.item_in_category(c, v) for c, v in zip(cats.tolist(), u[1::2].tolist(), strict=True)]
+        u = rng.random(2 * n).tolist()  # the stream of n x (category draw, item draw)
+        return [cat.item_in_category(user.category_at(a), b) for a, b in zip(u[0::2], u[1::2], strict=True)]
 
 
 class NotebookResponse(FunnelResponse):

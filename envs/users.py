@@ -6,7 +6,9 @@ set a prior over category interests through a fixed random linear map; each user
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
@@ -31,6 +33,31 @@ class UserState:
     # item id -> step at which it was last recommended (never recommended: absent). At most one entry per step
     # of the session, so it is bounded by the session length, not the catalog.
     last_shown: dict[int, int] = field(default_factory=dict)
+    # Derived from ``interest`` and read at every step, so kept until :meth:`move_interest` changes it (the one
+    # way the simulator does): its maximum and its cumulative sums (the same numbers as np.max / np.cumsum).
+    _interest_max: float | None = field(default=None, init=False, repr=False, compare=False)
+    _interest_cdf: list[float] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def move_interest(self, category: int, amount: float) -> None:
+        """Move ``amount`` of interest onto ``category``: every interest shrinks by ``1 - amount``, then
+        ``category`` gains ``amount`` (the sum stays 1)."""
+        self.interest *= 1 - amount
+        self.interest[category] += amount
+        self._interest_max = self._interest_cdf = None
+
+    @property
+    def interest_max(self) -> float:
+        """``interest.max()``."""
+        if self._interest_max is None:
+            self._interest_max = float(self.interest.max())
+        return self._interest_max
+
+    def category_at(self, u: float) -> int:
+        """The category at quantile ``u`` in [0, 1) of ``interest`` (inverse-CDF draw, clipped to the last)."""
+        cdf = self._interest_cdf
+        if cdf is None:
+            cdf = self._interest_cdf = list(accumulate(self.interest.tolist()))
+        return min(bisect_right(cdf, u * cdf[-1]), len(cdf) - 1)
 
 
 class UserSampler:

@@ -228,3 +228,44 @@ def test_item_dropout_zero_leaves_seeded_sessions_unchanged() -> None:
         b, _ = dropped.reset(seed=seed)
         assert np.array_equal(a["items"], b["items"]) and np.array_equal(a["events"], b["events"])
         assert a["candidate_mask"].all() and plain.user.patience == dropped.user.patience
+
+
+def test_history_is_the_last_events_however_long_the_session() -> None:
+    """The observed history is the last H (item, event) pairs, left-padded, across many more pushes than fit in the
+    env's history buffer."""
+    env = ECommerceEnv({"preset": "large", "max_steps": 400, "response": {"churn": False}})
+    obs, _ = env.reset(seed=3)
+    h = env.history_length
+    pairs = [(i, e) for i, e in zip(obs["items"].tolist(), obs["events"].tolist(), strict=True) if e]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        valid = np.flatnonzero(obs["candidate_mask"])
+        obs, _, term, trunc, info = env.step(int(rng.choice(valid)))
+        assert not term
+        # This step pushed the recommendation's event (never organic), then its organic browses: the window's
+        # trailing run of organic events.
+        events = obs["events"].tolist()
+        n_organic = next(i for i, e in enumerate(reversed(events)) if e != ORGANIC)
+        assert obs["items"][h - 1 - n_organic] == info["item"] + 1
+        pairs.append((info["item"] + 1, info["event"]))
+        pairs += [(i, ORGANIC) for i in obs["items"][h - n_organic :].tolist()]
+        want = pairs[-h:]
+        want = [(0, 0)] * (h - len(want)) + want
+        assert list(zip(obs["items"].tolist(), obs["events"].tolist(), strict=True)) == want
+
+
+def test_user_interest_summaries_follow_interest_moves() -> None:
+    """The user's cached interest maximum and category draws match numpy on the current interest after moves."""
+    env = ECommerceEnv("large")
+    env.reset(seed=11)
+    user = env.user
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        c = int(rng.integers(len(user.interest)))
+        assert user.interest_max == float(user.interest.max())
+        u = float(rng.random())
+        cdf = np.cumsum(user.interest)
+        want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
+        assert user.category_at(u) == want
+        user.move_interest(c, float(rng.uniform(0.01, 0.5)))
+        assert abs(float(user.interest.sum()) - 1.0) < 1e-9
