@@ -658,3 +658,33 @@ def test_bounded_load_run_has_no_5xx_or_connection_errors(model) -> None:
     assert int(rows["5xx"]) == 0 and int(rows["errors"]) == 0 and int(rows["wrong status"]) == 0
     assert int(rows["requests sent"]) == 1000 and int(rows["2xx"]) > 0 and int(rows["4xx"]) > 0
     assert re.search(r"^\s*latency p50 ms\s+[\d.]+\s*$", out, re.M) and "latency p99 ms" in out
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+def test_fast_path_answers_exactly_what_the_route_answers(rec, client) -> None:
+    """A valid /recommend is answered by the fast path; the same app without it (the FastAPI route) gives the same
+    answer, and an invalid body still gets the route's 422."""
+    from fastapi.testclient import TestClient
+
+    from rllib_rec.deploy.serve import RecommendFastPath, create_app
+
+    route_app = create_app(rec)
+    route_app.user_middleware = [m for m in route_app.user_middleware if m.cls is not RecommendFastPath]
+    assert len(route_app.user_middleware) == len(client.app.user_middleware) - 1
+
+    n, k = rec.n_items, rec.n_candidates
+    bodies = [
+        {"items": [1, 2, 2], "events": ["view", "click", "purchase"], "k": 5},
+        {"items": [1, 2, 2], "events": [3, 4, 5], "candidates": [0, 3, 4], "k": 10},
+        {"items": [i % n for i in range(rec.history_length + 7)], "events": [3] * (rec.history_length + 7)},
+        {"items": [], "events": [], "candidates": list(range(min(n, k))), "k": 1},
+    ]
+    with TestClient(route_app) as route_only:
+        for body in bodies:
+            fast, slow = client.post("/recommend", json=body), route_only.post("/recommend", json=body)
+            assert fast.status_code == slow.status_code == 200, (fast.text, slow.text)
+            assert fast.json() == slow.json() and fast.headers["content-type"] == "application/json"
+            assert json.loads(RecommendFastPath(None, rec)._answer(json.dumps(body).encode())) == slow.json()
+    assert RecommendFastPath(None, rec)._answer(json.dumps({"items": [n], "events": [3]}).encode()) is None
+    bad = client.post("/recommend", json={"items": [n], "events": [3]})
+    assert bad.status_code == 422 and f"items[0]: unknown item id {n}" in bad.json()["detail"]
