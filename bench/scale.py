@@ -5,7 +5,8 @@
 Every catalog size runs in a fresh process, on the `large` experiment (configs/large.yaml) with only
 ``env.catalog.n_items`` changed (50 categories, K = 100, the same network), and reports:
 
-* env steps/s of one env and of a gymnasium SyncVectorEnv of 8 (uniform actions among the valid slots);
+* env steps/s of one env (median of 5 one-second rounds) and of a gymnasium SyncVectorEnv of 8 (3 s), uniform
+  actions among the valid slots;
 * training env steps/s at replay ratio 4 (``dqn.training_intensity``), measured over iterations 2.. (the
   first fills the replay buffer to ``dqn.learning_starts``), built with the project's one DQNConfig builder;
 * bytes per replay transition: the numpy bytes the replay buffer holds per stored env step (observation,
@@ -48,7 +49,9 @@ def _overrides(n_items: int, out: Path, iterations: int) -> list[str]:
             "run.checkpoint_every=1000", "run.eval_episodes=10"]
 
 
-def env_throughput(cfg: Any, seconds: float = 3.0) -> tuple[float, float]:
+def env_throughput(cfg: Any, seconds: float = 1.0, rounds: int = 5, vector_seconds: float = 3.0) -> tuple[float, float]:
+    """Steps/s of one env (median of ``rounds`` rounds of ``seconds``: single rounds on a shared 2-core machine
+    vary by a third) and of a SyncVectorEnv of 8 (one round of ``vector_seconds``)."""
     import gymnasium as gym
 
     from envs import ECommerceEnv
@@ -56,19 +59,22 @@ def env_throughput(cfg: Any, seconds: float = 3.0) -> tuple[float, float]:
     env = ECommerceEnv(cfg.env)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
-    steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for u in rng.random(200).tolist():  # the driver's random numbers in blocks: the env's time is measured
-            valid = np.flatnonzero(obs["candidate_mask"])
-            obs, _, term, trunc, _ = env.step(int(valid[int(u * len(valid))]))
-            if term or trunc:
-                obs, _ = env.reset()
-        steps += 200
-    single = steps / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(rounds):
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for u in rng.random(200).tolist():  # the driver's random numbers in blocks: the env's time is measured
+                valid = np.flatnonzero(obs["candidate_mask"])
+                obs, _, term, trunc, _ = env.step(int(valid[int(u * len(valid))]))
+                if term or trunc:
+                    obs, _ = env.reset()
+            steps += 200
+        rates.append(steps / (time.perf_counter() - t0))
+    single = float(np.median(rates))
     vec = gym.vector.SyncVectorEnv([lambda: ECommerceEnv(cfg.env) for _ in range(8)])
     obs, _ = vec.reset(seed=0)
     steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < vector_seconds:
         for _ in range(50):
             actions = [int(rng.choice(np.flatnonzero(m))) for m in obs["candidate_mask"]]
             obs, *_ = vec.step(np.array(actions))
