@@ -395,13 +395,9 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
-
-        async def replay() -> dict[str, Any]:
-            # The buffered body once, then the server's own receive (which reports the disconnect).
-            return pending.pop() if pending else await receive()
-
-        await self.app(scope, replay, send)
+        # The buffered body once, then the server's own receive (which reports the disconnect).
+        await self.app(scope, _replay({"type": "http.request", "body": b"".join(chunks), "more_body": False}, receive),
+                       send)
 
     async def _refuse(self, send: Any) -> None:
         await _send_error(send, 413, f"request body larger than {self.max_bytes} bytes "
@@ -469,15 +465,18 @@ class RecommendFastPath:
 
     def _answer(self, body: bytes) -> bytes | None:
         """The 200 answer's bytes, or None for a request that is not valid (the FastAPI route answers it)."""
-        rec = self.recommender
         try:
-            req = RecommendRequest.model_validate_json(body)
-            recs = rec.recommend(req.items, req.events, req.candidates, req.k)
-            return json.dumps({"recommendations": recs, "history_used": min(len(req.items), rec.history_length),
-                               "truncated": len(req.items) > rec.history_length},
-                              ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            answer = _recommendations(self.recommender, RecommendRequest.model_validate_json(body))
+            return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         except (RequestError, ValueError):  # pydantic's ValidationError is a ValueError; so is a NaN Q (not JSON)
             return None
+
+
+def _recommendations(recommender: Recommender, req: Any) -> dict[str, Any]:
+    """The body of a 200 answer to ``req`` (a RecommendRequest); RequestError for ids, events or k it refuses."""
+    recs = recommender.recommend(req.items, req.events, req.candidates, req.k)
+    return {"recommendations": recs, "history_used": min(len(req.items), recommender.history_length),
+            "truncated": len(req.items) > recommender.history_length}
 
 
 def _replay(first: dict[str, Any], receive: Any) -> Any:
@@ -561,9 +560,7 @@ def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_
     async def recommend(req: RecommendRequest) -> JSONResponse:  # type: ignore[valid-type]
         # Inline on the event loop: ~0.1 ms of inference is cheaper than a thread-pool hop. The answer is plain
         # JSON types already, so it skips FastAPI's response encoding (a tenth of a millisecond per request).
-        recs = recommender.recommend(req.items, req.events, req.candidates, req.k)
-        return JSONResponse({"recommendations": recs, "history_used": min(len(req.items), recommender.history_length),
-                             "truncated": len(req.items) > recommender.history_length})
+        return JSONResponse(_recommendations(recommender, req))
 
     return app
 
