@@ -53,24 +53,12 @@ def env_throughput(cfg: Any, seconds: float = 1.0, rounds: int = 5, vector_secon
     """Steps/s of one env (median of ``rounds`` rounds of ``seconds``: single rounds on a shared 2-core machine
     vary by a third) and of a SyncVectorEnv of 8 (one round of ``vector_seconds``)."""
     import gymnasium as gym
+    from env_throughput import single_env  # bench/, the script's own folder: the same measuring loop
 
     from envs import ECommerceEnv
 
-    env = ECommerceEnv(cfg.env)
+    single = float(np.median([single_env(cfg.env, seconds) for _ in range(rounds)]))
     rng = np.random.default_rng(0)
-    obs, _ = env.reset(seed=0)
-    rates = []
-    for _ in range(rounds):
-        steps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for u in rng.random(200).tolist():  # the driver's random numbers in blocks: the env's time is measured
-                valid = np.flatnonzero(obs["candidate_mask"])
-                obs, _, term, trunc, _ = env.step(int(valid[int(u * len(valid))]))
-                if term or trunc:
-                    obs, _ = env.reset()
-            steps += 200
-        rates.append(steps / (time.perf_counter() - t0))
-    single = float(np.median(rates))
     vec = gym.vector.SyncVectorEnv([lambda: ECommerceEnv(cfg.env) for _ in range(8)])
     obs, _ = vec.reset(seed=0)
     steps, t0 = 0, time.perf_counter()
