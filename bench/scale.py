@@ -9,8 +9,8 @@ Every catalog size runs in a fresh process, on the `large` experiment (configs/l
   actions among the valid slots;
 * training env steps/s at replay ratio 4 (``dqn.training_intensity``), measured over iterations 2.. (the
   first fills the replay buffer to ``dqn.learning_starts``), built with the project's one DQNConfig builder;
-* bytes per replay transition: the numpy bytes the replay buffer holds per stored env step (observation,
-  action, reward, behaviour probability);
+* bytes per replay transition: the numpy bytes one stored transition takes in the transition replay
+  (observation and next observation, action, n-step reward, flags, behaviour probability, priority);
 * the process's peak RSS (VmHWM: the driver, which here samples and learns; Ray's own daemons excluded);
 * the .tflite size (float32 and fp16 weights), exported through the parity gate;
 * `rllib-rec serve` HTTP latency for one request (K candidates, a full history): p50 and p99 over
@@ -70,23 +70,9 @@ def env_throughput(cfg: Any, seconds: float = 1.0, rounds: int = 5, vector_secon
     return single, steps / (time.perf_counter() - t0)
 
 
-def replay_bytes_per_step(algo: Any) -> float:
-    """Numpy bytes the replay buffer holds per stored env step."""
-    buffer = algo.local_replay_buffer
-    total, steps = 0, 0
-    for ep in buffer.episodes:
-        arrays = [ep.get_observations(), ep.get_actions(), ep.get_rewards(),
-                  *[ep.get_extra_model_outputs(k) for k in ep.extra_model_outputs]]
-        for a in arrays:
-            for leaf in (a.values() if isinstance(a, dict) else [a]):
-                total += np.asarray(leaf).nbytes
-        steps += len(ep)
-    return total / max(steps, 1)
-
-
 def train_and_export(cfg: Any, out: Path) -> dict[str, Any]:
     from rllib_rec.agent.algo import build_algo_config
-    from rllib_rec.agent.runtime import init_ray, set_torch_threads
+    from rllib_rec.agent.runtime import init_ray, set_torch_threads, startup_objects_frozen
     from rllib_rec.deploy.export import export_checkpoint
     from rllib_rec.training.checkpoints import write_checkpoint
     from rllib_rec.training.online import iteration_metrics
@@ -95,13 +81,14 @@ def train_and_export(cfg: Any, out: Path) -> dict[str, Any]:
     init_ray()
     algo = build_algo_config(cfg).build_algo()
     rows = []
-    for _ in range(cfg.run.iterations):
-        t0 = time.perf_counter()
-        m = iteration_metrics(algo.train())
-        rows.append((m["env_steps"], time.perf_counter() - t0))
+    with startup_objects_frozen():  # as `rllib-rec train` does
+        for _ in range(cfg.run.iterations):
+            t0 = time.perf_counter()
+            m = iteration_metrics(algo.train())
+            rows.append((m["env_steps"], time.perf_counter() - t0))
     steps = rows[-1][0] - rows[0][0]
     rate = steps / sum(dt for _, dt in rows[1:])
-    per_step = replay_bytes_per_step(algo)
+    per_step = algo.local_replay_buffer.bytes_per_transition()
     ckpt = write_checkpoint(algo, out / "checkpoints", cfg.run.iterations, cfg, {"env_steps": rows[-1][0]})
     algo.stop()
     exp = export_checkpoint(str(ckpt), quantize=("none", "fp16"), out=str(out / "export"), track=False,

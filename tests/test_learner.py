@@ -6,14 +6,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from rllib_rec.agent.dqn import RecDQNConfig
 from rllib_rec.agent.learner import WeightedDQNTorchLearner, combined_weights
 from rllib_rec.agent.module import TransformerDQNModule
-from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER
+from rllib_rec.agent.replay import PRIORITIZED_BUFFER, TRANSITION_BUFFER, UNIFORM_BUFFER
 from rllib_rec.agent.spec import QNetSpec
 
 torch.set_num_threads(1)
@@ -106,7 +106,7 @@ def test_combined_weights_fail_fast():
 # ------------------------------------------------------------------------------------ learner loss
 def _config(**learner_cfg):
     return (
-        DQNConfig()
+        RecDQNConfig()
         .environment(ToyRecEnv)
         .training(gamma=0.9, double_q=True)
         .learners(learner_class=WeightedDQNTorchLearner, learner_config_dict=learner_cfg)
@@ -164,7 +164,7 @@ MODEL_CONFIG = {
 
 def e2e_config(buffer_config, **learner_cfg):
     return (
-        DQNConfig()
+        RecDQNConfig()
         .environment(ToyRecEnv, env_config={"n_items": 10, "history_length": 20, "horizon": 10})
         .framework("torch")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=8)
@@ -204,6 +204,7 @@ def ray_local():
     [
         {"type": PRIORITIZED_BUFFER, "capacity": 1000},  # alpha/beta from the subclass defaults
         {"type": UNIFORM_BUFFER, "capacity": 1000},
+        {"type": TRANSITION_BUFFER, "capacity": 1000, "alpha": 0.6, "beta": 0.4},  # RecDQN's pipelined step
     ],
 )
 def test_end_to_end_dqn_trains(ray_local, buffer_config):
@@ -217,7 +218,12 @@ def test_end_to_end_dqn_trains(ray_local, buffer_config):
         assert learner["sample_weight_max"] >= 1.0 and 0 < learner["behaviour_prob_mean"] <= 1.0
         rb = algo.local_replay_buffer
         assert type(rb).__module__ + "." + type(rb).__name__ == buffer
-        assert "action_prob" in rb.episodes[0].extra_model_outputs
+        if buffer == TRANSITION_BUFFER:
+            held = rb._priority[: len(rb)]
+            assert len(np.unique(held)) > 1  # TD-error priority updates happened
+            assert np.isfinite(rb._probs[: len(rb)]).all() and result["env_runners"]["num_env_steps_sampled_lifetime"] >= 64
+        else:
+            assert "action_prob" in rb.episodes[0].extra_model_outputs
         if buffer == PRIORITIZED_BUFFER:
             prios = np.array([rb._sum_segment[i] for i in range(rb.get_num_timesteps())])
             assert len(np.unique(prios)) > 1  # TD-error priority updates happened

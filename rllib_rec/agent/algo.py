@@ -62,9 +62,9 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
     use_torch_keras_backend()
     import_rllib_quietly()
     # Imported only now: ray.rllib imports TensorFlow, which imports Keras and freezes its backend.
-    from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+    from rllib_rec.agent.dqn import RecDQNConfig
     from rllib_rec.agent.learner import WeightedDQNTorchLearner
     from rllib_rec.agent.module import TransformerDQNModule
 
@@ -72,9 +72,10 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
     training = _training_settings(cfg)
     model_config = module_model_config(cfg)
     config = (
-        DQNConfig()
+        RecDQNConfig()
         .environment(register_rllib_env(), env_config=env_config(cfg))
-        .framework("torch")
+        # WeightedDQNTorchLearner.apply_gradients checks finiteness itself, once per update.
+        .framework("torch", torch_skip_nan_gradients=True)
         .env_runners(
             num_env_runners=r.num_env_runners,
             num_envs_per_env_runner=r.num_envs_per_env_runner,
@@ -108,11 +109,18 @@ def build_algo_config(cfg: ExperimentConfig, trial_cpus: float | None = None) ->
 
 def _training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """``DQNConfig.training`` keyword arguments: optimisation, targets, replay buffer, exploration."""
-    from rllib_rec.agent.replay import PRIORITIZED_BUFFER, UNIFORM_BUFFER  # after build_algo_config's imports
+    from rllib_rec.agent.replay import (  # after the RLlib import
+        PRIORITIZED_BUFFER,
+        TRANSITION_BUFFER,
+        UNIFORM_BUFFER,
+    )
 
     d = cfg.dqn
     replay: dict[str, Any] = {"capacity": d.replay_capacity}
-    if d.prioritized_replay:
+    if cfg.run.training_loop == "pipelined":  # RecDQN pipelines its training step over this buffer
+        replay.update(type=TRANSITION_BUFFER, alpha=d.per_alpha if d.prioritized_replay else 0.0, beta=d.per_beta,
+                      seed=cfg.run.seed)
+    elif d.prioritized_replay:
         replay.update(type=PRIORITIZED_BUFFER, alpha=d.per_alpha, beta=d.per_beta)
     else:
         replay.update(type=UNIFORM_BUFFER)

@@ -30,6 +30,7 @@ To disable PER sampling itself (not just its weights) use a uniform buffer (`UNI
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -37,6 +38,8 @@ from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 
 __all__ = ["DEFAULT_LEARNER_SETTINGS", "WeightedDQNTorchLearner", "combined_weights", "learner_settings"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LEARNER_SETTINGS: dict[str, Any] = {
     "use_per": True,
@@ -117,6 +120,16 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
         params = [p for p in self.get_parameters(self._module[module_id]) if p.requires_grad]
         self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(params, fused=True),
                                 params=params, lr_or_lr_schedule=config.lr)
+
+    def apply_gradients(self, gradients_dict: dict[Any, torch.Tensor]) -> None:
+        """RLlib's step, with one fused finiteness check instead of two per tensor (~5 ms an update at a
+        million items). The config sets ``torch_skip_nan_gradients`` so that RLlib checks nothing itself;
+        a non-finite gradient is then made finite here, as RLlib's default does."""
+        grads = [g for g in gradients_dict.values() if g is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            logger.warning("gradients contain nan/inf values: set to finite ones (torch.nan_to_num)")
+            gradients_dict = {pid: g if g is None else torch.nan_to_num(g) for pid, g in gradients_dict.items()}
+        super().apply_gradients(gradients_dict)
 
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict, fwd_out: dict

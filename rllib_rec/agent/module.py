@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -127,11 +128,13 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         # Traced callables live in a plain dict so nn.Module does not register them (no state_dict
         # entries, no duplicate parameters for the optimizer).
         self._traced: dict[str, Any] = {}
+        self._helper: ThreadPoolExecutor | None = None  # runs the next-obs passes of a training forward
 
     def __getstate__(self) -> dict:
         # Traced graphs are a cache; never pickle them (they are rebuilt on first use).
         state = super().__getstate__()
         state["_traced"] = {}
+        state["_helper"] = None
         return state
 
     # ---------------------------------------------------------------- helpers
@@ -198,12 +201,30 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             raise RuntimeError("an inference-only module cannot be trained")
         self._training_forward = True
         try:
-            out = {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]}  # [B, K]
-            with torch.no_grad():
-                next_obs = {Columns.OBS: batch[Columns.NEXT_OBS]}
-                if self.uses_double_q:
-                    out[QF_NEXT_PREDS] = self.compute_q_values(next_obs)[QF_PREDS]  # [B, K]
-                out[QF_TARGET_NEXT_PREDS] = self.forward_target(next_obs)[QF_PREDS]  # [B, K]
-            return out
+            next_obs = {Columns.OBS: batch[Columns.NEXT_OBS]}
+            # The next-obs passes need no gradient and do not depend on Q(obs): once both nets are traced
+            # (tracing and eager Keras calls are not thread-safe) they run on a helper thread while this one
+            # runs Q(obs); torch releases the GIL in its kernels, so a second core shortens the update.
+            if not (self._use_trace and {"online", "target"} <= self._traced.keys()):
+                out_next = self._next_obs_passes(next_obs)
+                return {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS], **out_next}
+            next_passes = self._helper_thread().submit(self._next_obs_passes, next_obs)
+            try:
+                q = self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]  # [B, K]
+            finally:
+                out_next = next_passes.result()
+            return {QF_PREDS: q, **out_next}
         finally:
             self._training_forward = False
+
+    def _next_obs_passes(self, next_obs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # grad mode is per thread
+            out = {QF_TARGET_NEXT_PREDS: self.forward_target(next_obs)[QF_PREDS]}  # [B, K]
+            if self.uses_double_q:
+                out[QF_NEXT_PREDS] = self.compute_q_values(next_obs)[QF_PREDS]  # [B, K]
+        return out
+
+    def _helper_thread(self) -> ThreadPoolExecutor:
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rllib-rec-next-obs")
+        return self._helper

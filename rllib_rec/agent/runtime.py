@@ -8,18 +8,20 @@ workers get it exactly once, through the ``runtime_env`` given to ``ray.init`` h
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rllib_rec.console import held_native_stderr, verbose
 from rllib_rec.errors import ResourceError, UsageError
 
-__all__ = ["KERAS_ENV", "AUTOSCALER_ENV", "use_torch_keras_backend", "import_rllib_quietly", "init_ray",
+__all__ = ["KERAS_ENV", "AUTOSCALER_ENV", "use_torch_keras_backend", "startup_objects_frozen", "import_rllib_quietly", "init_ray",
            "set_torch_threads", "cluster_can_grow", "run_cpu_need", "trial_cpu_need", "check_run_resources",
            "check_sweep_resources"]
 
@@ -67,6 +69,18 @@ def _quiet_ray_loggers() -> None:
 
     for name in ("ray", "ray.rllib", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """While training: the objects alive now (Ray, TensorFlow, Keras, RLlib and the built algorithm, ~800k)
+    stay out of the cyclic garbage collector's full passes, which sampling's allocations otherwise trigger
+    every few hundred milliseconds to walk all of them again. Given back to the collector afterwards."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def set_torch_threads(n: int) -> None:

@@ -138,6 +138,11 @@ class RunSettings:
     num_env_runners: int = spec(0, "remote EnvRunner actors (0 = sample in the driver/learner process)", min=0)
     num_envs_per_env_runner: int = spec(8, "vectorised envs per EnvRunner", min=1, max=1024)
     num_learners: int = spec(0, "remote Learner actors (0 = learn in the driver)", min=0)
+    training_loop: str = spec(
+        "rllib", "rllib: RLlib's DQN training step (episode replay; sample, then update); pipelined: flat "
+        "transition replay, the learner's batch built without RLlib's episode connector, and the next round "
+        "sampled on a second thread during the updates (rllib_rec/agent/dqn.py)", choices=("rllib", "pipelined")
+    )
     torch_threads: int = spec(1, "torch intra-op threads (1 is fastest for this small net on 2 cores)", min=1)
     checkpoint_every: int = spec(5, "checkpoint every N iterations (and always at the end)", min=1)
     eval_episodes: int = spec(200, "greedy evaluation episodes at the end of a run", min=1)

@@ -152,43 +152,22 @@ def offline_iteration(algo: Any, cfg: ExperimentConfig, n_updates: int, replayed
     """``n_updates`` sample-update-reprioritise rounds on the algorithm's replay buffer (DQN's training step
     without sampling). Returns the iteration's mean loss/Q and the new replayed-step count."""
     from ray.rllib.core import DEFAULT_MODULE_ID
-    from ray.rllib.utils.metrics import (
-        NUM_AGENT_STEPS_SAMPLED_LIFETIME,
-        NUM_ENV_STEPS_SAMPLED_LIFETIME,
-        TD_ERROR_KEY,
-    )
+    from ray.rllib.utils.metrics import NUM_AGENT_STEPS_SAMPLED_LIFETIME, NUM_ENV_STEPS_SAMPLED_LIFETIME
     from ray.rllib.utils.numpy import convert_to_numpy
-    from ray.rllib.utils.replay_buffers.utils import update_priorities_in_episode_replay_buffer
 
-    ac = algo.config
     per_update = replayed_steps_per_update(cfg)
     stats: dict[str, list[float]] = defaultdict(list)
     replayed = replayed_before
     for _ in range(n_updates):
-        episodes = algo.local_replay_buffer.sample(
-            num_items=ac.total_train_batch_size, n_step=ac.n_step, gamma=ac.gamma,
-            beta=ac.replay_buffer_config.get("beta"), sample_episodes=True,
-            batch_length_T=0, lookback=0, min_batch_length_T=0,
-        )
         replayed += per_update
         steps = int(replayed)
-        results = algo.learner_group.update(
-            episodes=episodes,
-            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: steps, NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: steps}},
-        )
-        td_errors: dict[str, list] = defaultdict(list)
+        results = algo.replay_update(
+            {NUM_ENV_STEPS_SAMPLED_LIFETIME: steps, NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: steps}})
         for res in results:
-            for module_id, module_results in res.items():
-                if TD_ERROR_KEY in module_results:
-                    td_errors[module_id].extend(convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek()))
-                if module_id == DEFAULT_MODULE_ID:
-                    for key in ("qf_loss", "qf_mean", "sample_weight_max"):
-                        if key in module_results:
-                            stats[key].append(float(convert_to_numpy(module_results[key].peek())))
-        update_priorities_in_episode_replay_buffer(
-            replay_buffer=algo.local_replay_buffer,
-            td_errors={m: {TD_ERROR_KEY: np.concatenate(v, axis=0)} for m, v in td_errors.items()},
-        )
+            module_results = res.get(DEFAULT_MODULE_ID, {})
+            for key in ("qf_loss", "qf_mean", "sample_weight_max"):
+                if key in module_results:
+                    stats[key].append(float(convert_to_numpy(module_results[key].peek())))
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out.update(replayed_steps=replayed, updates=float(n_updates))
     for key in ("qf_loss", "qf_mean", "sample_weight_max"):
@@ -207,7 +186,7 @@ class OfflineLoop:
         self.algo, self.cfg = algo, cfg
         self.n_updates = updates_per_iteration(cfg)
         self.replayed = replayed_before
-        algo.local_replay_buffer.add(data.episodes)
+        algo.store_episodes(data.episodes)
         log(f"offline: {data.n_transitions:,} logged transitions from {len(data.episodes):,} episodes of "
             f"{', '.join(data.policy_ids)} in the replay buffer ({data.path})")
 

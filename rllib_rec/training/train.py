@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllib_rec.agent.runtime import check_run_resources, init_ray, set_torch_threads, use_torch_keras_backend
+from rllib_rec.agent.runtime import (
+    check_run_resources,
+    init_ray,
+    set_torch_threads,
+    startup_objects_frozen,
+    use_torch_keras_backend,
+)
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.console import progress, ticking
 from rllib_rec.errors import CheckpointError
@@ -104,7 +110,8 @@ def train(
         raise
     with tracker:
         state = _start_records(tracker, plan, config_path, overrides, data, uri, log)
-        last_ckpt = _iterate(algo, loop, plan, history, state, tracker, log)
+        with startup_objects_frozen():
+            last_ckpt = _iterate(algo, loop, plan, history, state, tracker, log)
         algo.stop()
         final_ckpt, evaluation = _finalise(plan, state, history, last_ckpt, data, tracker, log)
         log(f"wall time {time.perf_counter() - t_start:.0f}s (training iterations "

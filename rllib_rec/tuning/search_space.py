@@ -27,7 +27,7 @@ def to_tune(dist: Distribution) -> Any:
 
 
 def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
-    """``(trainable, param_space)``: :class:`~rllib_rec.tuning.trainable.TunedDQN` (RLlib's DQN) and the
+    """``(trainable, param_space)``: :class:`~rllib_rec.tuning.trainable.TunedDQN` (the project's DQN) and the
     trial DQNConfig from ``build_algo_config`` as a dict, with Tune distributions at the mapped fields."""
     exp, sw = scfg.experiment, scfg.sweep
     cfg = build_algo_config(exp, trial_cpus=sw.cpus_per_trial)
@@ -35,7 +35,7 @@ def build_param_space(scfg: SweepConfig) -> tuple[Any, dict[str, Any]]:
     from rllib_rec.tuning.trainable import VALIDATION_KEY, TunedDQN
 
     if cfg.algo_class is not TunedDQN.__mro__[1]:
-        raise TypeError(f"build_algo_config built {cfg.algo_class.__name__}; the sweep trainable wraps DQN")
+        raise TypeError(f"build_algo_config built {cfg.algo_class.__name__}; the sweep trainable wraps RecDQN")
     for key, dist in sw.search_space.items():
         *parents, leaf = SWEEPABLE[key]
         node = space

@@ -25,8 +25,7 @@ from rllib_rec.agent.runtime import import_rllib_quietly, use_torch_keras_backen
 use_torch_keras_backend()
 import_rllib_quietly()
 
-from ray.rllib.algorithms.dqn import DQN  # noqa: E402
-
+from rllib_rec.agent.dqn import RecDQN  # noqa: E402
 from rllib_rec.agent.registry import RUNTIME_KEY  # noqa: E402
 
 __all__ = ["PLACEMENT_KEY", "VALIDATION_KEY", "InjectedTrialError", "TunedDQN"]
@@ -41,8 +40,8 @@ class InjectedTrialError(RuntimeError):
     """Raised on purpose by ``faults.trial_error_at_iteration``."""
 
 
-class TunedDQN(DQN):
-    """DQN whose replay buffer type survives Tune's config-dict round trip (see module docstring)."""
+class TunedDQN(RecDQN):
+    """The project's DQN whose replay buffer type survives Tune's config-dict round trip (see module docstring)."""
 
     def setup(self, config: Any) -> None:
         for c in (config, self.config):  # Algorithm.setup reads self.config, not its argument

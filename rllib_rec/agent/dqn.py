@@ -1,0 +1,142 @@
+"""The project's DQN algorithm: RLlib's DQN, plus a pipelined training step over :class:`TransitionReplay`.
+
+With RLlib's episode buffers (``replay_buffer_config.type`` an ``...EpisodeReplayBuffer``) every step is
+RLlib's own: sample, store, then update. With a :class:`~rllib_rec.agent.replay.TransitionReplay`
+(``run.training_loop: pipelined``) a training step
+
+1. starts sampling the next round on a second thread (the env runners keep the weights synced at the end of
+   the previous step, so the behaviour policy lags the learner by one round, as in RLlib's own step);
+2. meanwhile runs the round's replay updates: draw a batch of flat transitions, update the learner on it
+   directly (no episode-to-batch connector), write the new priorities;
+3. joins the sampler, stores its transitions and syncs the new weights to the env runners.
+
+Nothing runs between two training steps, so checkpoints, evaluation and ``stop()`` see a quiet algorithm.
+The two threads overlap because the network's kernels and the env runners' remote calls release the GIL:
+on 2 cores the env steps and the learner's updates then share the machine instead of taking turns.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+import tree
+from ray.rllib.algorithms.dqn import DQN, DQNConfig
+from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
+from ray.rllib.core import ALL_MODULES, DEFAULT_MODULE_ID
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    LEARNER_RESULTS,
+    NUM_AGENT_STEPS_SAMPLED_LIFETIME,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    TD_ERROR_KEY,
+)
+from ray.rllib.utils.numpy import convert_to_numpy
+from ray.rllib.utils.replay_buffers.utils import update_priorities_in_episode_replay_buffer
+
+from rllib_rec.agent.replay import TransitionReplay
+
+__all__ = ["RecDQN", "RecDQNConfig"]
+
+
+class RecDQNConfig(DQNConfig):
+    """RLlib's DQNConfig for :class:`RecDQN`. Tune's config-dict round trip turns the replay buffer's dotted
+    path into a class, and RLlib's check accepts a path for any buffer but a class only for its own episode
+    buffers: a class is turned back into its path before that check."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or RecDQN)
+
+    def validate(self) -> None:
+        buffer_type = (self.replay_buffer_config or {}).get("type")
+        if isinstance(buffer_type, type):
+            self.replay_buffer_config["type"] = f"{buffer_type.__module__}.{buffer_type.__qualname__}"
+        super().validate()
+
+
+class RecDQN(DQN):
+    """DQN whose training step is pipelined when its replay buffer is a :class:`TransitionReplay`."""
+
+    _sampler: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def get_default_config(cls) -> RecDQNConfig:
+        return RecDQNConfig(cls)
+
+    def training_step(self) -> None:
+        if not isinstance(self.local_replay_buffer, TransitionReplay):
+            return super().training_step()
+        return self._pipelined_training_step()
+
+    def store_episodes(self, episodes: list[Any]) -> None:
+        """Adds sampled or logged episodes to the replay buffer (a transition replay computes their n-step
+        rewards as they come in)."""
+        if isinstance(self.local_replay_buffer, TransitionReplay):
+            self.local_replay_buffer.add(episodes, n_step=self.config.n_step, gamma=self.config.gamma)
+        else:
+            self.local_replay_buffer.add(episodes)
+
+    def replay_update(self, timesteps: dict[str, Any]) -> list[dict[str, Any]]:
+        """One replay update: draw a batch, update the learner on it, write the new priorities. Returns the
+        learner's results without their TD errors (RLlib's results, ready for ``metrics.aggregate``)."""
+        buffer, config = self.local_replay_buffer, self.config
+        beta = config.replay_buffer_config.get("beta")
+        if isinstance(buffer, TransitionReplay):
+            batch, rows = buffer.sample(config.total_train_batch_size, beta=beta)
+            # Torch tensors already (zero-copy views): the learner then skips its numpy-to-torch tree walk.
+            tensors = tree.map_structure(torch.from_numpy, batch)
+            data = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(tensors)}, env_steps=len(rows))
+            results = self.learner_group.update(batch=data, timesteps=timesteps)
+            buffer.update_priorities(rows, _pop_td_errors(results)[DEFAULT_MODULE_ID])
+            return results
+        episodes = buffer.sample(num_items=config.total_train_batch_size, n_step=config.n_step, gamma=config.gamma,
+                                 beta=beta, sample_episodes=True, batch_length_T=0, lookback=0, min_batch_length_T=0)
+        results = self.learner_group.update(episodes=episodes, timesteps=timesteps)
+        td_errors = _pop_td_errors(results)
+        update_priorities_in_episode_replay_buffer(
+            replay_buffer=buffer, td_errors={m: {TD_ERROR_KEY: v} for m, v in td_errors.items()})
+        return results
+
+    def _pipelined_training_step(self) -> None:
+        if self._sampler is None:
+            self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rllib-rec-sampler")
+        sampling = self._sampler.submit(
+            synchronous_parallel_sample, worker_set=self.env_runner_group, concat=True,
+            sample_timeout_s=self.config.sample_timeout_s, _uses_new_env_runners=True, _return_metrics=True)
+        learner_results = None
+        try:
+            sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+            if sampled >= self.config.num_steps_sampled_before_learning_starts:
+                timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
+                             NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: sampled}}
+                for _ in range(calculate_rr_weights(self.config)[1]):
+                    learner_results = self.replay_update(timesteps)
+                    self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        finally:
+            episodes, env_runner_results = sampling.result()  # never leave the sampler running
+        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        self.store_episodes(episodes)
+        if learner_results is not None:
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                                               policies=set(learner_results[0]) - {ALL_MODULES},
+                                               global_vars=None, inference_only=True)
+
+    def cleanup(self) -> None:
+        if self._sampler is not None:
+            self._sampler.shutdown(wait=True)
+            self._sampler = None
+        super().cleanup()
+
+
+def _pop_td_errors(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Takes the per-sample TD errors out of the learners' results (too large to log): module id -> [B]."""
+    found: dict[str, list[np.ndarray]] = {}
+    for result in results:
+        for module_id, module_results in result.items():
+            if TD_ERROR_KEY in module_results:
+                found.setdefault(module_id, []).append(convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek()))
+    return {m: np.concatenate(v, axis=0) for m, v in found.items()}
