@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import tree
 from ray.rllib.algorithms.dqn import DQN, DQNConfig
-from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
 from ray.rllib.core import ALL_MODULES, DEFAULT_MODULE_ID
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -45,8 +44,9 @@ __all__ = ["RecDQN", "RecDQNConfig"]
 
 class RecDQNConfig(DQNConfig):
     """RLlib's DQNConfig for :class:`RecDQN`. Tune's config-dict round trip turns the replay buffer's dotted
-    path into a class, and RLlib's check accepts a path for any buffer but a class only for its own episode
-    buffers: a class is turned back into its path before that check."""
+    path into a class, and RLlib accepts a path for any buffer but a class only for its own episode buffers
+    (its validation refuses others; creating the buffer does ``"EpisodeReplayBuffer" in type``, a TypeError
+    for a class): a class is turned back into its path when the config is validated, before either."""
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or RecDQN)
@@ -62,6 +62,8 @@ class RecDQN(DQN):
     """DQN whose training step is pipelined when its replay buffer is a :class:`TransitionReplay`."""
 
     _sampler: ThreadPoolExecutor | None = None
+    _owed_updates = 0.0  # fractional updates carried to the next round (pipelined step)
+    _updates_due = 0  # updates the next pipelined step runs
 
     @classmethod
     def get_default_config(cls) -> RecDQNConfig:
@@ -110,20 +112,34 @@ class RecDQN(DQN):
         learner_results = None
         try:
             sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-            if sampled >= self.config.num_steps_sampled_before_learning_starts:
-                timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
-                             NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: sampled}}
-                for _ in range(calculate_rr_weights(self.config)[1]):
-                    learner_results = self.replay_update(timesteps)
-                    self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+            timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
+                         NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: sampled}}
+            for _ in range(self._updates_due):
+                learner_results = self.replay_update(timesteps)
+                self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
         finally:
             episodes, env_runner_results = sampling.result()  # never leave the sampler running
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         self.store_episodes(episodes)
+        self._owe_updates(sum(len(e) for e in episodes))
         if learner_results is not None:
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
                                                policies=set(learner_results[0]) - {ALL_MODULES},
                                                global_vars=None, inference_only=True)
+
+    def _owe_updates(self, new_steps: int) -> None:
+        """The next step's update count: exactly the replay ratio over the steps sampled since learning
+        started (a round returns more steps than asked for when sessions end in it, so a fixed count of
+        updates per round, RLlib's way, trains less than the ratio says)."""
+        c = self.config
+        sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        if sampled < c.num_steps_sampled_before_learning_starts:
+            return
+        round_steps = c.get_rollout_fragment_length() * c.num_envs_per_env_runner * max(1, c.num_env_runners)
+        ratio = c.training_intensity or c.total_train_batch_size / round_steps  # trained / sampled env steps
+        self._owed_updates += new_steps * ratio / c.total_train_batch_size
+        self._updates_due = int(self._owed_updates)
+        self._owed_updates -= self._updates_due
 
     def cleanup(self) -> None:
         if self._sampler is not None:

@@ -1,4 +1,4 @@
-"""The Tune trainable: RLlib's DQN with one workaround for a Ray 2.60 dict round-trip bug, a greedy score for
+"""The Tune trainable: the project's DQN (:class:`~rllib_rec.agent.dqn.RecDQN`) with a greedy score for
 every checkpoint, and placement reporting (which Ray node ran the trial and its env runners — the only way to
 see a sweep spread over a cluster, since simulated or NAT'd nodes can share an IP).
 
@@ -8,17 +8,14 @@ iteration) the trial plays its current greedy policy on the validation seeds and
 (``should_checkpoint``). Tune stores each checkpoint with its result, so every validated checkpoint carries
 its own score: the sweep ranks checkpoints, not trials' last values.
 
-Tune turns the DQNConfig into a dict and RLlib's ``update_from_dict`` resolves the replay buffer's dotted
-path (``replay_buffer_config.type``) into a class; ``Algorithm._create_local_replay_buffer_if_necessary``
-then does ``"EpisodeReplayBuffer" in type`` and fails with ``TypeError: argument of type 'ABCMeta' is not
-iterable``. Turning the class back into its dotted path before set-up is the whole difference from DQN.
+Tune turns the DQNConfig into a dict, and RLlib's ``update_from_dict`` resolves the replay buffer's dotted
+path into a class: :class:`~rllib_rec.agent.dqn.RecDQNConfig` turns it back when it validates.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from rllib_rec.agent.runtime import import_rllib_quietly, use_torch_keras_backend
 
@@ -41,15 +38,7 @@ class InjectedTrialError(RuntimeError):
 
 
 class TunedDQN(RecDQN):
-    """The project's DQN whose replay buffer type survives Tune's config-dict round trip (see module docstring)."""
-
-    def setup(self, config: Any) -> None:
-        for c in (config, self.config):  # Algorithm.setup reads self.config, not its argument
-            rb = c.replay_buffer_config
-            if isinstance(rb, dict) and isinstance(rb.get("type"), type):
-                cls = rb["type"]
-                rb["type"] = f"{cls.__module__}.{cls.__qualname__}"
-        super().setup(config)
+    """The project's DQN with validation scores, placement reports and injected trial errors."""
 
     def step(self) -> dict:
         self._maybe_inject_error()
