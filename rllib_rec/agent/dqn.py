@@ -6,8 +6,9 @@ RLlib's own: sample, store, then update. With a :class:`~rllib_rec.agent.replay.
 
 1. starts sampling the next round on a second thread (the env runners keep the weights synced at the end of
    the previous step, so the behaviour policy lags the learner by one round, as in RLlib's own step);
-2. meanwhile runs the round's replay updates: draw a batch of flat transitions, update the learner on it
-   directly (no episode-to-batch connector), write the new priorities;
+2. meanwhile runs the replay updates the previous round's steps earned (replay ratio x steps / batch size,
+   fractions carried over): draw a batch of flat transitions, update the learner on it directly (no
+   episode-to-batch connector), write the new priorities;
 3. joins the sampler, stores its transitions and syncs the new weights to the env runners.
 
 Nothing runs between two training steps, so checkpoints, evaluation and ``stop()`` see a quiet algorithm.
