@@ -239,3 +239,33 @@ def test_end_to_end_dqn_trains(ray_local, buffer_config):
         assert result["env_runners"]["num_episodes"] > 0 or result["env_runners"]["num_episodes_lifetime"] > 0
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_fused_global_norm_clip_equals_rllibs(scale):
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    from rllib_rec.agent.learner import clip_gradients_fused
+
+    torch.manual_seed(0)
+    ours = {i: torch.randn(s) * scale for i, s in enumerate([(3, 4), (100,), (512, 32), (7,)])}
+    ours[4] = None
+    rllib = {k: None if v is None else v.clone() for k, v in ours.items()}
+    norm = clip_gradients_fused(ours, grad_clip=10.0, grad_clip_by="global_norm")
+    expected = clip_gradients(rllib, grad_clip=10.0, grad_clip_by="global_norm")
+    assert torch.equal(norm, expected)
+    assert all(torch.equal(ours[k], rllib[k]) for k in range(4)) and ours[4] is None
+    assert (torch.linalg.vector_norm(torch.cat([ours[k].flatten() for k in range(4)])) <= 10.0 + 1e-3)
+
+
+def test_a_non_finite_gradient_is_made_finite_before_the_step(ray_local):
+    config = e2e_config({"type": PRIORITIZED_BUFFER, "capacity": 1000})
+    algo = config.framework("torch", torch_skip_nan_gradients=True).build_algo()  # as build_algo_config sets
+    try:
+        learner = algo.learner_group._learner
+        grads = {pid: torch.full_like(p, float("nan")) for pid, p in learner._params.items() if p.requires_grad}
+        learner.apply_gradients(grads)
+        assert all(torch.isfinite(p).all() for p in learner._params.values())
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in learner._params.values())
+    finally:
+        algo.stop()

@@ -37,7 +37,8 @@ import torch
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 
-__all__ = ["DEFAULT_LEARNER_SETTINGS", "WeightedDQNTorchLearner", "combined_weights", "learner_settings"]
+__all__ = ["DEFAULT_LEARNER_SETTINGS", "WeightedDQNTorchLearner", "clip_gradients_fused", "combined_weights",
+           "learner_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,25 @@ def combined_weights(
     return w
 
 
+def clip_gradients_fused(gradients_dict: dict[Any, torch.Tensor | None], *, grad_clip: float | None = None,
+                         grad_clip_by: str = "value") -> torch.Tensor | None:
+    """RLlib's ``clip_gradients`` with the global norm and the scaling done by multi-tensor kernels (RLlib
+    takes one norm per tensor in Python: ~3 ms an update for this network's ~35 tensors). Same formula:
+    coefficient min(1, clip / (norm + 1e-6)), each tensor's norm capped at 1e9 first; other modes are
+    RLlib's own."""
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    if grad_clip is None or grad_clip_by != "global_norm":
+        return clip_gradients(gradients_dict, grad_clip=grad_clip, grad_clip_by=grad_clip_by)
+    grads = [g.detach() for g in gradients_dict.values() if g is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch.stack(torch._foreach_norm(grads)).nan_to_num(neginf=-10e8, posinf=10e8)
+    total = torch.linalg.vector_norm(norms).nan_to_num(neginf=-10e8, posinf=10e8)
+    torch._foreach_mul_(grads, torch.clamp(grad_clip / torch.clamp(total + 1e-6, min=grad_clip), max=1.0))
+    return total
+
+
 def learner_settings(learner_config_dict: dict[str, Any] | None) -> dict[str, Any]:
     """Merges `config.learner_config_dict` over `DEFAULT_LEARNER_SETTINGS` and checks the keys."""
     given = dict(learner_config_dict or {})
@@ -120,6 +140,10 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
         params = [p for p in self.get_parameters(self._module[module_id]) if p.requires_grad]
         self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(params, fused=True),
                                 params=params, lr_or_lr_schedule=config.lr)
+
+    @staticmethod
+    def _get_clip_function() -> Any:
+        return clip_gradients_fused
 
     def apply_gradients(self, gradients_dict: dict[Any, torch.Tensor]) -> None:
         """RLlib's step, with one fused finiteness check instead of two per tensor (~5 ms an update at a
