@@ -102,3 +102,10 @@ def test_bytes_per_transition_count_both_observations_and_the_scalars() -> None:
 def test_an_empty_buffer_refuses_to_sample() -> None:
     with pytest.raises(ValueError, match="empty"):
         TransitionReplay(4).sample(2)
+
+
+def test_priorities_must_match_the_rows() -> None:
+    buffer = TransitionReplay(4)
+    buffer.add([episode(0, 2, terminated=True)], n_step=1, gamma=0.9)
+    with pytest.raises(ValueError, match="TD errors"):
+        buffer.update_priorities(np.arange(2), np.zeros((1, 2)))

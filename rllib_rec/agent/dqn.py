@@ -155,5 +155,6 @@ def _pop_td_errors(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     for result in results:
         for module_id, module_results in result.items():
             if TD_ERROR_KEY in module_results:
-                found.setdefault(module_id, []).append(convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek()))
+                # peek() gives the logged window: a list holding the batch's [B] array.
+                found.setdefault(module_id, []).extend(convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek()))
     return {m: np.concatenate(v, axis=0) for m, v in found.items()}

@@ -192,7 +192,10 @@ class TransitionReplay:
 
     def update_priorities(self, rows: np.ndarray, td_errors: np.ndarray) -> None:
         """New priorities |TD error| for the rows of the last batch."""
-        priority = np.maximum(np.abs(np.asarray(td_errors, dtype=np.float64)).reshape(-1), 1e-12)
+        td_errors = np.asarray(td_errors, dtype=np.float64)
+        if td_errors.shape != np.shape(rows):
+            raise ValueError(f"{td_errors.shape} TD errors for {np.shape(rows)} rows")
+        priority = np.maximum(np.abs(td_errors), 1e-12)
         self._priority[rows] = priority**self.alpha
         self._max_priority = max(self._max_priority, float(priority.max()))
 
