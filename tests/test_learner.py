@@ -227,6 +227,10 @@ def test_end_to_end_dqn_trains(ray_local, buffer_config):
             sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
             trained = result["learners"]["__all_modules__"]["num_env_steps_trained_lifetime"]
             assert sampled - 16 - 2 * 16 <= trained <= sampled - 16
+            # The sampling module got the learner's weights (copied tensor to tensor in this process).
+            learned = dict(algo.learner_group._learner.module["default_policy"].named_parameters())
+            sampling = dict(algo.env_runner.module.named_parameters())
+            assert sampling and all(torch.equal(p, learned[n]) for n, p in sampling.items())
         else:
             assert "action_prob" in rb.episodes[0].extra_model_outputs
         if buffer == PRIORITIZED_BUFFER:

@@ -124,9 +124,27 @@ class RecDQN(DQN):
         self.store_episodes(episodes)
         self._owe_updates(sum(len(e) for e in episodes))
         if learner_results is not None:
-            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
-                                               policies=set(learner_results[0]) - {ALL_MODULES},
-                                               global_vars=None, inference_only=True)
+            self._sync_sampling_weights(set(learner_results[0]) - {ALL_MODULES})
+
+    def _sync_sampling_weights(self, policies: set[str]) -> None:
+        """The learner's trainable weights into the env runner's module. When both live in this process (no
+        remote learners or env runners) they are copied tensor to tensor: RLlib's sync converts the whole
+        state, the constant item table too (16 MB per million items: 22 ms a round at 1M, 3 ms at 1k)."""
+        group = self.env_runner_group
+        runner = group.local_env_runner
+        if not (self.learner_group.is_local and group.num_remote_env_runners() == 0 and runner is not None):
+            group.sync_weights(from_worker_or_learner_group=self.learner_group, policies=policies,
+                               global_vars=None, inference_only=True)
+            return
+        source = self.learner_group._learner.module[DEFAULT_MODULE_ID]  # the local learner's (no public handle)
+        target = dict(runner.module.named_parameters())
+        trainable = [(name, p) for name, p in source.named_parameters() if p.requires_grad]
+        missing = [name for name, _ in trainable if name not in target]
+        if missing:
+            raise RuntimeError(f"the env runner's module has no parameters {missing[:3]} of the learner's")
+        pairs = [(target[name], p) for name, p in trainable]
+        with torch.no_grad():
+            torch._foreach_copy_([t for t, _ in pairs], [p for _, p in pairs])
 
     def _owe_updates(self, new_steps: int) -> None:
         """The next step's update count: exactly the replay ratio over the steps sampled since learning
