@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from ray.rllib.core.columns import Columns
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
 from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import PrioritizedEpisodeReplayBuffer
 
@@ -154,8 +155,6 @@ class TransitionReplay:
 
     @staticmethod
     def _behaviour_probs(episode: Any, steps: int) -> np.ndarray:
-        from ray.rllib.core.columns import Columns
-
         if Columns.ACTION_PROB not in episode.extra_model_outputs:
             return np.full(steps, np.nan, np.float32)
         return np.asarray(episode.get_extra_model_outputs(Columns.ACTION_PROB), dtype=np.float32).reshape(steps)
@@ -165,8 +164,6 @@ class TransitionReplay:
 
         The batch has RLlib's column names: obs and new_obs (dicts of leaves), actions, rewards (n-step),
         terminateds, n_step, weights (importance weights in (0, 1]) and action_prob (if the episodes had it)."""
-        from ray.rllib.core.columns import Columns
-
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         beta = self.beta if beta is None else float(beta)
