@@ -9,6 +9,7 @@ import torch
 from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.metrics import TD_ERROR_KEY
 
 from rllib_rec.agent.dqn import RecDQNConfig
 from rllib_rec.agent.learner import WeightedDQNTorchLearner, combined_weights
@@ -227,6 +228,7 @@ def test_end_to_end_dqn_trains(ray_local, buffer_config):
             sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
             trained = result["learners"]["__all_modules__"]["num_env_steps_trained_lifetime"]
             assert sampled - 16 - 2 * 16 <= trained <= sampled - 16
+            assert TD_ERROR_KEY not in learner  # taken out of the learner's metrics after every update
             # The sampling module got the learner's weights (copied tensor to tensor in this process).
             learned = dict(algo.learner_group._learner.module["default_policy"].named_parameters())
             sampling = dict(algo.env_runner.module.named_parameters())

@@ -139,7 +139,8 @@ def test_target_network_and_inference_only_state():
     obs = make_obs(np.random.default_rng(1), 8)
     q = m.compute_q_values({Columns.OBS: obs})[QF_PREDS]
     torch.testing.assert_close(m.forward_target({Columns.OBS: obs})[QF_PREDS], q)
-    assert m.get_target_network_pairs() == [(m.qnet, m._target_qnet)]
+    [(online, target)] = m.get_target_network_pairs()
+    assert [id(p) for p in online] == [id(p) for p in m.qnet.parameters() if p.requires_grad]
     assert not any(p.requires_grad for p in m._target_qnet.parameters())
     keys = set(m.state_dict())
     assert any(k.startswith("_target_qnet.") for k in keys)
@@ -148,6 +149,33 @@ def test_target_network_and_inference_only_state():
     worker = make_module(inference_only=True)
     worker.set_state(inf_state)
     torch.testing.assert_close(worker.compute_q_values({Columns.OBS: obs})[QF_PREDS], q)
+
+
+def test_polyak_target_update_moves_trainable_weights_only():
+    """RLlib's own target update over the module's pairs: trainable weights averaged in place, the constant
+    tables untouched, and the (traced) target pass sees the new weights."""
+    from ray.rllib.core.learner.utils import update_target_network
+
+    m = make_module()
+    obs = make_obs(np.random.default_rng(2), 8)
+    m.forward_target({Columns.OBS: obs})  # trace the target net before its weights change
+    trainable = {n for n, p in m.qnet.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in m._target_qnet.named_parameters()}
+    assert set(before) - trainable, "the test module should have a constant (non-trainable) table"
+    with torch.no_grad():
+        for name, p in m.qnet.named_parameters():
+            if name in trainable:
+                p.add_(1.0)
+    for online, target in m.get_target_network_pairs():
+        update_target_network(main_net=online, target_net=target, tau=0.5)
+    online = dict(m.qnet.named_parameters())
+    for name, p in m._target_qnet.named_parameters():
+        expected = 0.5 * online[name] + 0.5 * before[name] if name in trainable else before[name]
+        torch.testing.assert_close(p, expected.detach())
+    for online, target in m.get_target_network_pairs():
+        update_target_network(main_net=online, target_net=target, tau=1.0)
+    torch.testing.assert_close(m.forward_target({Columns.OBS: obs})[QF_PREDS],
+                               m.compute_q_values({Columns.OBS: obs})[QF_PREDS])
 
 
 def test_jit_trace_matches_eager_and_stays_out_of_state_dict():

@@ -87,15 +87,12 @@ class RecDQN(DQN):
         """One replay update: draw a batch, update the learner on it, write the new priorities. Returns the
         learner's results without their TD errors (RLlib's results, ready for ``metrics.aggregate``)."""
         buffer, config = self.local_replay_buffer, self.config
-        beta = config.replay_buffer_config.get("beta")
         if isinstance(buffer, TransitionReplay):
-            batch, rows = buffer.sample(config.total_train_batch_size, beta=beta)
-            # Torch tensors already (zero-copy views): the learner then skips its numpy-to-torch tree walk.
-            tensors = tree.map_structure(torch.from_numpy, batch)
-            data = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(tensors)}, env_steps=len(rows))
+            data, rows = self._transition_batch()
             results = self.learner_group.update(batch=data, timesteps=timesteps)
             buffer.update_priorities(rows, _pop_td_errors(results)[DEFAULT_MODULE_ID])
             return results
+        beta = config.replay_buffer_config.get("beta")
         episodes = buffer.sample(num_items=config.total_train_batch_size, n_step=config.n_step, gamma=config.gamma,
                                  beta=beta, sample_episodes=True, batch_length_T=0, lookback=0, min_batch_length_T=0)
         results = self.learner_group.update(episodes=episodes, timesteps=timesteps)
@@ -104,26 +101,57 @@ class RecDQN(DQN):
             replay_buffer=buffer, td_errors={m: {TD_ERROR_KEY: v} for m, v in td_errors.items()})
         return results
 
+    def _transition_batch(self) -> tuple[MultiAgentBatch, np.ndarray]:
+        """A prioritised batch from the transition replay, as torch tensors (zero-copy views: the learner
+        then skips its numpy-to-torch tree walk), and the buffer rows it came from."""
+        config = self.config
+        batch, rows = self.local_replay_buffer.sample(config.total_train_batch_size,
+                                                      beta=config.replay_buffer_config.get("beta"))
+        tensors = tree.map_structure(torch.from_numpy, batch)
+        return MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(tensors)}, env_steps=len(rows)), rows
+
+    def _replay_updates(self, count: int, timesteps: dict[str, Any]) -> list[dict[str, Any]]:
+        """``count`` updates from the transition replay, their results aggregated into the algorithm's
+        metrics; returns the last learner results (empty when ``count`` is 0). A local learner reduces its
+        metrics once for all of them, as RLlib's IMPALA learner thread does (a reduce costs ~5 ms, a tenth of
+        an update at a million items); the TD errors each update logs are taken out as it ends."""
+        if not self.learner_group.is_local:
+            results: list[dict[str, Any]] = []
+            for _ in range(count):
+                results = self.replay_update(timesteps)
+                self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            return results
+        if count == 0:
+            return []
+        learner = self.learner_group._learner  # the local learner (no public handle)
+        td_key = (DEFAULT_MODULE_ID, TD_ERROR_KEY)
+        for _ in range(count):
+            data, rows = self._transition_batch()
+            learner.update(batch=data, timesteps=timesteps, _no_metrics_reduce=True)
+            td_errors = np.concatenate(convert_to_numpy(learner.metrics.peek(td_key)), axis=0)
+            learner.metrics.delete(*td_key)
+            self.local_replay_buffer.update_priorities(rows, td_errors)
+        results = [learner.metrics.reduce()]
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        return results
+
     def _pipelined_training_step(self) -> None:
         if self._sampler is None:
             self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rllib-rec-sampler")
         sampling = self._sampler.submit(
             synchronous_parallel_sample, worker_set=self.env_runner_group, concat=True,
             sample_timeout_s=self.config.sample_timeout_s, _uses_new_env_runners=True, _return_metrics=True)
-        learner_results = None
         try:
             sampled = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
             timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled,
                          NUM_AGENT_STEPS_SAMPLED_LIFETIME: {DEFAULT_MODULE_ID: sampled}}
-            for _ in range(self._updates_due):
-                learner_results = self.replay_update(timesteps)
-                self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+            learner_results = self._replay_updates(self._updates_due, timesteps)
         finally:
             episodes, env_runner_results = sampling.result()  # never leave the sampler running
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         self.store_episodes(episodes)
         self._owe_updates(sum(len(e) for e in episodes))
-        if learner_results is not None:
+        if learner_results:
             self._sync_sampling_weights(set(learner_results[0]) - {ALL_MODULES})
 
     def _sync_sampling_weights(self, policies: set[str]) -> None:
