@@ -174,9 +174,8 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         averages whole state dicts: with the constant item table in them that cost ~90 ms an update at a
         million items; the table is the same in both nets, so leaving it out changes nothing."""
         target = dict(self._target_qnet.named_parameters())
-        names = [name for name, p in self.qnet.named_parameters() if p.requires_grad]
-        online = dict(self.qnet.named_parameters())
-        return [(torch.nn.ParameterList([online[n] for n in names]), torch.nn.ParameterList([target[n] for n in names]))]
+        online = [(name, p) for name, p in self.qnet.named_parameters() if p.requires_grad]
+        return [(torch.nn.ParameterList([p for _, p in online]), torch.nn.ParameterList([target[n] for n, _ in online]))]
 
     def get_non_inference_attributes(self) -> list[str]:
         return ["_target_qnet"]
