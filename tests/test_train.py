@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,57 @@ def test_resume_with_a_different_model_is_refused(run, tmp_path) -> None:
     out = _cli("train", "--config", DEBUG, "--resume", str(run.run_dir), "--set", "model.embed_dim=64")
     _one_line_error(out, "model.embed_dim: does not match the checkpoint's config")
     assert _tree_digest(run.run_dir / "checkpoints") == before
+
+
+def test_init_from_starts_a_new_run_with_the_checkpoint_network(run, tmp_path) -> None:
+    """`train --init-from RUN`: the learner (online and target networks) and the acting env runner start from
+    the checkpoint's weights, in a new run directory at iteration 1, with the optimiser fresh."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from rllib_rec.training.checkpoints import module_path, resolve_checkpoint
+    from rllib_rec.training.run_dir import plan_run
+    from rllib_rec.training.train import _build_algo
+
+    plan = plan_run(DEBUG, [f"run.output_dir={tmp_path}"], None, None, lambda s: None, init_from=str(run.run_dir))
+    assert plan.init_checkpoint == resolve_checkpoint(run.run_dir) and plan.first_iteration == 1
+    assert not plan.run_dir.is_relative_to(run.run_dir)
+    saved = load_module(plan.init_checkpoint)
+    obs = _obs_batch(plan.cfg.env)
+    algo = _build_algo(plan)
+    try:
+        learner = algo.learner_group._learner
+        module = learner.module[DEFAULT_MODULE_ID]
+        with open(module_path(plan.init_checkpoint) / "module_state.pkl", "rb") as f:
+            theirs = pickle.load(f)  # what the checkpoint stored: online and target networks
+        ours = module.state_dict()
+        assert set(ours) == set(theirs) and any("target" in k for k in ours)
+        assert all(np.array_equal(ours[k].cpu().numpy(), np.asarray(theirs[k])) for k in ours)
+        assert np.array_equal(_q(algo.env_runner.module, obs), _q(saved, obs))
+        assert not any(learner.get_optimizer().state.values())  # no Adam moments carried over
+    finally:
+        algo.stop()
+
+
+def test_init_from_cli_trains_and_records_the_source(run, tmp_path) -> None:
+    out = _cli("train", "--config", DEBUG, "--init-from", str(run.checkpoint), "--no-tracking",
+               "--set", f"run.output_dir={tmp_path}", "--set", "run.iterations=1", "--set", "run.eval_episodes=5")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"starting from the network of {run.checkpoint}" in out.stdout + out.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["init_from"] == str(run.checkpoint) and state["iteration"] == 1
+
+
+@pytest.mark.hostile("config", rows=[
+    ("`train --init-from CKPT --set model.embed_dim=64` (another network)", "one line naming the field; no run"),
+    ("`train --init-from CKPT --resume RUN`", "one line: give one of them")])
+def test_init_from_a_different_network_or_with_resume_is_refused(run, tmp_path) -> None:
+    out = _cli("train", "--config", DEBUG, "--init-from", str(run.checkpoint), "--set", "model.embed_dim=64",
+               "--set", f"run.output_dir={tmp_path}")
+    _one_line_error(out, "its network differs from this config's in embed_dim")
+    out = _cli("train", "--config", DEBUG, "--init-from", str(run.checkpoint), "--resume", str(run.run_dir))
+    _one_line_error(out, "--resume continues a run (give one of them)")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.hostile("config", rows=[("`MLFLOW_TRACKING_URI=http://127.0.0.1:9` (nothing listening)",

@@ -69,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "instead of the simulator: the replay buffer is filled once from the log (behaviour "
                    "probabilities drive the IPS weights) and no env step is taken; the simulator only "
                    "evaluates the result, beside the logging policy's own return")
+    p.add_argument("--init-from", metavar="CKPT", help="start a new run from the network weights of CKPT (a "
+                   "checkpoint or run directory with the same model and shop), e.g. an --offline run's, to "
+                   "fine-tune it online; the optimiser, replay buffer and exploration schedule start fresh")
     p.set_defaults(func=_cmd_train)
 
 
@@ -133,7 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.no_tracking and args.tracking_uri:
         raise UsageError("--no-tracking and --tracking-uri contradict each other; give one")
     result = train(args.config, args.overrides, resume=args.resume, tracking_uri=args.tracking_uri,
-                   offline=args.offline, track=not args.no_tracking, log=echo)
+                   offline=args.offline, track=not args.no_tracking, log=echo, init_from=args.init_from)
     print("\n".join(summary_lines(result)))
 
 

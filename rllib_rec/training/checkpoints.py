@@ -41,6 +41,7 @@ __all__ = [
     "checkpoint_config",
     "module_path",
     "load_module",
+    "restore_network",
     "resolve_checkpoint",
     "selected_checkpoint",
     "checkpoint_named_by",
@@ -195,3 +196,17 @@ def load_module(ckpt: Path) -> Any:
         raise CheckpointError(f"{ckpt}: unreadable checkpoint ({type(e).__name__}: {msg})") from None
     module.eval()
     return module
+
+
+def restore_network(algo: Any, ckpt: Path) -> None:
+    """Load only the RL module of ``ckpt`` (online and target networks) into ``algo``'s learner and env runners;
+    the optimiser, replay buffer, counters and exploration schedule stay as built."""
+    from ray.rllib.core import (
+        COMPONENT_LEARNER,
+        COMPONENT_LEARNER_GROUP,
+        COMPONENT_RL_MODULE,
+        DEFAULT_MODULE_ID,
+    )
+
+    component = "/".join((COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID))
+    algo.restore_from_path(str(module_path(ckpt)), component=component)  # also syncs the env runners' copies

@@ -36,6 +36,7 @@ from rllib_rec.training.checkpoints import (
     latest_checkpoint,
     load_module,
     remove_partial_checkpoints,
+    resolve_checkpoint,
 )
 from rllib_rec.training.tracking import redact, redact_values
 
@@ -56,6 +57,7 @@ class RunPlan:
     start_checkpoint: Path | None = None  # None: a new run
     state: dict[str, Any] = field(default_factory=dict)  # state.json of the run resumed
     offline_logs: str | None = None
+    init_checkpoint: Path | None = None  # a new run that starts from this checkpoint's network weights
 
     @property
     def first_iteration(self) -> int:
@@ -124,6 +126,30 @@ def _plan_resume(resume: str, config_path: str | None, overrides: Sequence[str],
     return RunPlan(cfg, run_dir, start, state)
 
 
+def _check_same_network(ckpt: Path, cfg: ExperimentConfig) -> None:
+    """``--init-from``: the checkpoint's Q-network has this config's architecture and shop (catalog, K,
+    history), so every weight fits and every item id means the same item; anything else may differ."""
+    from rllib_rec.agent.spec import QNetSpec
+
+    theirs = QNetSpec.from_experiment(checkpoint_config(ckpt)).to_dict()
+    ours = QNetSpec.from_experiment(cfg).to_dict()
+    for key, value in ours.items():
+        if theirs[key] != value:
+            shown = {k: (theirs[key][k], value[k]) for k in value if theirs[key][k] != value[k]} if key == "catalog" \
+                else (theirs[key], value)
+            raise ConfigError("--init-from", f"{ckpt}: its network differs from this config's in {key} "
+                              f"(checkpoint, config: {shown}); the model section and the shop's catalog, "
+                              "n_candidates and history_length must match")
+
+
+def _plan_init(init_from: str, cfg: ExperimentConfig) -> Path:
+    """The checkpoint a new run takes its starting weights from, checked before any Ray work."""
+    ckpt = resolve_checkpoint(init_from)
+    _check_same_network(ckpt, cfg)
+    load_module(ckpt)  # a corrupt checkpoint is refused here, before any tracking or Ray work
+    return ckpt
+
+
 def _offline_source(plan: RunPlan, offline: str | None) -> str | None:
     """The log a run learns from: ``--offline``, or on resume the one it started with (which must agree)."""
     if plan.start_checkpoint is None:
@@ -139,13 +165,16 @@ def _offline_source(plan: RunPlan, offline: str | None) -> str | None:
 
 
 def plan_run(config_path: str | None, overrides: Sequence[str], resume: str | None, offline: str | None,
-             log: Callable[[str], None]) -> RunPlan:
+             log: Callable[[str], None], init_from: str | None = None) -> RunPlan:
     """Validate everything about a new or resumed run before any tracking, Ray or training work."""
+    if resume and init_from:
+        raise ConfigError("--init-from", "starts a new run from a checkpoint's weights; --resume continues a run "
+                          "(give one of them)")
     if resume:
         plan = _plan_resume(resume, config_path, overrides, log)
     else:
         cfg = _redacted(load_config(config_path, overrides), log)
-        plan = RunPlan(cfg, _new_run_dir(cfg))
+        plan = RunPlan(cfg, _new_run_dir(cfg), init_checkpoint=_plan_init(init_from, cfg) if init_from else None)
     plan.offline_logs = _offline_source(plan, offline)
     return plan
 

@@ -32,6 +32,7 @@ from rllib_rec.training.checkpoints import (
     atomic_write_text,
     checkpoint_meta,
     load_module,
+    restore_network,
     selected_checkpoint,
     write_checkpoint,
 )
@@ -79,6 +80,7 @@ def train(
     log: Callable[[str], None] = print,
     offline: str | None = None,
     track: bool = True,
+    init_from: str | None = None,
 ) -> TrainResult:
     """Train (or resume) a run; returns where everything went. User errors (``RllibRecError``) are raised
     before any training work where possible.
@@ -86,10 +88,12 @@ def train(
     ``offline``: a Parquet log (``rllib_rec.offpolicy.logs``) to learn from instead of the simulator; a
     resumed offline run keeps using the log it started with. ``track=False`` (``--no-tracking``): no MLflow
     at all; metrics.jsonl, checkpoints and the evaluation are still written. An MLflow outage *during* a run
-    never stops it (see ``tracking.RunLogger``)."""
+    never stops it (see ``tracking.RunLogger``). ``init_from``: a checkpoint or run directory whose network (same
+    model and shop) a new run starts from, e.g. an offline run's to fine-tune online; the optimiser, replay buffer
+    and exploration schedule start fresh."""
     t_start = time.perf_counter()
     use_torch_keras_backend()
-    plan = plan_run(config_path, overrides, resume, offline, log)
+    plan = plan_run(config_path, overrides, resume, offline, log, init_from)
     cfg = plan.cfg
     data = load_offline_data(plan.offline_logs, cfg) if plan.offline_logs else None
     uri = resolve_tracking_uri(cfg.run.output_dir, tracking_uri) if track else None
@@ -136,6 +140,13 @@ def _build_algo(plan: RunPlan) -> Any:
             algo.stop()
             raise CheckpointError(f"{plan.start_checkpoint}: unreadable checkpoint ({type(e).__name__}: "
                                   f"{' '.join(str(e).split())[:200]})") from None
+    elif plan.init_checkpoint is not None:
+        try:
+            restore_network(algo, plan.init_checkpoint)
+        except Exception as e:  # noqa: BLE001
+            algo.stop()
+            raise CheckpointError(f"{plan.init_checkpoint}: its network could not be loaded ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None
     return algo
 
 
@@ -149,6 +160,8 @@ def _start_records(tracker: RunLogger, plan: RunPlan, config_path: str | None, o
                           "overrides": " ".join(overrides)[:5000], "mode": "offline" if data else "online"})
         if data is not None:
             tracker.set_tags({"offline_logs": str(data.path.resolve())})
+        if plan.init_checkpoint is not None:
+            tracker.set_tags({"init_from": str(plan.init_checkpoint)})
         tracker.log_artifact(run_dir / "experiment.yaml")
         if config_path:
             tracker.log_artifact(run_dir / "source_config.yaml", name=Path(config_path).name)
@@ -157,12 +170,16 @@ def _start_records(tracker: RunLogger, plan: RunPlan, config_path: str | None, o
     state = {"mlflow_run_id": tracker.run_id, "iteration": plan.first_iteration - 1,
              "last_checkpoint": str(plan.start_checkpoint) if plan.start_checkpoint else None,
              "offline_logs": str(data.path.resolve()) if data else None,
+             "init_from": str(plan.init_checkpoint) if plan.init_checkpoint else plan.state.get("init_from"),
              "validation": plan.state.get("validation", {})}
     save_state(run_dir, state)
     log(f"run {run_dir}  "
         + (f"(MLflow run {tracker.run_id} at {redact(uri)})" if uri else "(MLflow off: --no-tracking)"))
     if plan.start_checkpoint is not None:
         log(f"resuming from {plan.start_checkpoint} at iteration {plan.first_iteration}")
+    if plan.init_checkpoint is not None:
+        log(f"starting from the network of {plan.init_checkpoint} (optimiser, replay buffer and exploration "
+            "start fresh)")
     return state
 
 
