@@ -3,6 +3,7 @@ on many held-out users, beside a learned one-step agent, the `history` baseline 
 
     python bench/learning.py [--presets default] [--seeds 100 101 102 103 104] [--episodes 10000]
                              [--eval-seed 7000000] [--no-one-step] [--set KEY=VALUE ...] [--output-dir DIR]
+                             [--pretrain-offline LOGS [--pretrain-set KEY=VALUE ...]]
 
 The protocol (docs/benchmarks.md says which seeds were used for tuning and which for reporting):
 
@@ -18,7 +19,10 @@ The protocol (docs/benchmarks.md says which seeds were used for tuning and which
   ratio of the two agents' returns, and the summary gives the mean over seeds of the per-seed difference
   with a 95% t-interval over seeds;
 * "clickbait" is the share of recommendations that were clickbait items (the myopic oracle recommends them,
-  the planning oracle avoids them).
+  the planning oracle avoids them);
+* with ``--pretrain-offline LOGS`` every training run (the one-step agent's too) is two stages on its seed: an
+  offline run on the log (``train --offline``, with ``--set`` and then ``--pretrain-set`` overrides), then the
+  online run starting from its network (``train --init-from``).
 
 A run of `default` takes ~8 minutes per training seed (twice that with the one-step agent) on 2 cores.
 """
@@ -59,13 +63,29 @@ class Run:
     checkpoint: str
 
 
+@dataclass
+class Pretraining:
+    """An offline stage before each online run: the log and the overrides of the offline run."""
+
+    logs: str
+    overrides: list[str]
+
+
 def train_and_measure(preset: str, seed: int, overrides: list[str], out: Path, episodes: int,
-                      eval_seed: int, gamma0: bool = False) -> tuple[EpisodeStats, float, str]:
-    """Train ``preset`` with ``run.seed=seed`` (and gamma 0 when ``gamma0``); its chosen checkpoint's greedy
-    play on ``episodes`` users from ``eval_seed``, the run's training throughput, the checkpoint path."""
+                      eval_seed: int, gamma0: bool = False,
+                      pretraining: Pretraining | None = None) -> tuple[EpisodeStats, float, str]:
+    """Train ``preset`` with ``run.seed=seed`` (and gamma 0 when ``gamma0``; offline first when ``pretraining``);
+    its chosen checkpoint's greedy play on ``episodes`` users from ``eval_seed``, the online run's training
+    throughput, the checkpoint path."""
     tag = f"{preset} seed {seed}{' gamma 0' if gamma0 else ''}"
     sets = [f"run.output_dir={out}", f"run.seed={seed}", *(["dqn.gamma=0"] if gamma0 else []), *overrides]
-    res = train(str(ROOT / "configs" / f"{preset}.yaml"), sets,
+    config = str(ROOT / "configs" / f"{preset}.yaml")
+    init_from = None
+    if pretraining is not None:
+        pre = train(config, [*sets, *pretraining.overrides], offline=pretraining.logs,
+                    log=lambda s: print(f"  [{tag} offline] {s}", flush=True) if s.startswith(("iter", "wall")) else None)
+        init_from = str(pre.checkpoint)
+    res = train(config, sets, init_from=init_from,
                 log=lambda s: print(f"  [{tag}] {s}", flush=True) if s.startswith(("iter", "wall")) else None)
     history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rate = (history[-1]["env_steps"] - history[0]["env_steps"]) / sum(h["seconds"] for h in history[1:])
@@ -127,7 +147,12 @@ def main() -> None:
     ap.add_argument("--no-one-step", action="store_true", help="skip the gamma-0 agent")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--output-dir", default=None, help="keep runs here (default: a temp dir)")
+    ap.add_argument("--pretrain-offline", metavar="LOGS", default=None,
+                    help="train each run offline on this log first, then online from its network")
+    ap.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="overrides of the offline stage only (after --set)")
     args = ap.parse_args()
+    pretraining = Pretraining(args.pretrain_offline, args.pretrain_overrides) if args.pretrain_offline else None
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench-learning-"))
     report_lines: list[str] = []
     for preset in args.presets:
@@ -136,11 +161,12 @@ def main() -> None:
         base = {n: run_episodes(cfg.env, BASELINES[n], args.episodes, seed=args.eval_seed) for n in BASELINE_NAMES}
         runs = []
         for seed in args.seeds:
-            agent, rate, ckpt = train_and_measure(preset, seed, args.overrides, out, args.episodes, args.eval_seed)
+            agent, rate, ckpt = train_and_measure(preset, seed, args.overrides, out, args.episodes, args.eval_seed,
+                                                  pretraining=pretraining)
             one = None
             if not args.no_one_step:
                 one, _, _ = train_and_measure(preset, seed, args.overrides, out, args.episodes, args.eval_seed,
-                                              gamma0=True)
+                                              gamma0=True, pretraining=pretraining)
             runs.append(Run(seed, agent, one, rate, ckpt))
             print("\n".join(report(preset, cfg, runs, base, args.episodes, args.eval_seed)), flush=True)
         report_lines += [*report(preset, cfg, runs, base, args.episodes, args.eval_seed), ""]
