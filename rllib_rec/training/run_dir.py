@@ -131,15 +131,17 @@ def _check_same_network(ckpt: Path, cfg: ExperimentConfig) -> None:
     history), so every weight fits and every item id means the same item; anything else may differ."""
     from rllib_rec.agent.spec import QNetSpec
 
-    theirs = QNetSpec.from_experiment(checkpoint_config(ckpt)).to_dict()
-    ours = QNetSpec.from_experiment(cfg).to_dict()
+    def fields(config: ExperimentConfig) -> dict[str, Any]:  # the spec, its catalog key by key
+        spec = QNetSpec.from_experiment(config).to_dict()
+        catalog = spec.pop("catalog")
+        return {**spec, **{f"catalog.{k}": v for k, v in catalog.items()}}
+
+    theirs, ours = fields(checkpoint_config(ckpt)), fields(cfg)
     for key, value in ours.items():
         if theirs[key] != value:
-            shown = {k: (theirs[key][k], value[k]) for k in value if theirs[key][k] != value[k]} if key == "catalog" \
-                else (theirs[key], value)
             raise ConfigError("--init-from", f"{ckpt}: its network differs from this config's in {key} "
-                              f"(checkpoint, config: {shown}); the model section and the shop's catalog, "
-                              "n_candidates and history_length must match")
+                              f"({theirs[key]!r} in the checkpoint, {value!r} here); the model section and the "
+                              "shop's catalog, n_candidates and history_length must match")
 
 
 def _plan_init(init_from: str, cfg: ExperimentConfig) -> Path:

@@ -126,26 +126,24 @@ def train(
 
 
 def _build_algo(plan: RunPlan) -> Any:
-    """Ray, the DQN algorithm of ``plan.cfg`` and, on resume, its restored state."""
+    """Ray, the DQN algorithm of ``plan.cfg`` and, on resume, its restored state (with ``--init-from``, the
+    checkpoint's network only)."""
     from rllib_rec.agent.algo import build_algo_config
 
     set_torch_threads(plan.cfg.run.torch_threads)
     init_ray()
     check_run_resources(plan.cfg)  # seconds, not a silent wait for CPUs that will never come
     algo = build_algo_config(plan.cfg).build_algo()
-    if plan.start_checkpoint is not None:
+    ckpt = plan.start_checkpoint or plan.init_checkpoint
+    if ckpt is not None:
         try:
-            algo.restore_from_path(str(plan.start_checkpoint.resolve()))
+            if plan.start_checkpoint is not None:
+                algo.restore_from_path(str(ckpt.resolve()))
+            else:
+                restore_network(algo, ckpt)
         except Exception as e:  # noqa: BLE001
             algo.stop()
-            raise CheckpointError(f"{plan.start_checkpoint}: unreadable checkpoint ({type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:200]})") from None
-    elif plan.init_checkpoint is not None:
-        try:
-            restore_network(algo, plan.init_checkpoint)
-        except Exception as e:  # noqa: BLE001
-            algo.stop()
-            raise CheckpointError(f"{plan.init_checkpoint}: its network could not be loaded ({type(e).__name__}: "
+            raise CheckpointError(f"{ckpt}: unreadable checkpoint ({type(e).__name__}: "
                                   f"{' '.join(str(e).split())[:200]})") from None
     return algo
 
