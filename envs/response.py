@@ -128,18 +128,18 @@ class FunnelResponse:
         """:meth:`probabilities` of one item as Python floats: the same operations in the same order (so the
         same numbers, bit for bit), without the per-call cost of numpy on 1-element arrays."""
         cfg, cat = self.config, self.catalog
-        c = int(cat.category[item])
-        match = float(user.interest[c]) / user.interest_max
+        c = cat.category.item(item)  # .item(): a Python scalar without a numpy scalar in between
+        match = user.interest.item(c) / user.interest_max
         if cfg.fatigue:
-            damp = math.exp(-float(user.fatigue[c]))
+            damp = math.exp(-user.fatigue.item(c))
             if t - user.last_shown.get(item, _NEVER) <= cfg.repeat_window:
                 damp = damp * cfg.repeat_penalty
         else:
             damp = 1.0
         p_notice = min(cfg.view_base + cfg.view_gain * match * damp, 0.98)
-        p_click = min(float(cat.appeal[item]) * user.click_propensity * (0.2 + 0.8 * match) * damp, 0.95)
+        p_click = min(cat.appeal.item(item) * user.click_propensity * (0.2 + 0.8 * match) * damp, 0.95)
         if cfg.purchases:
-            p_buy = min(user.purchase_propensity * float(cat.quality[item]) * (1.3 - float(cat.price[item])), 0.9)
+            p_buy = min(user.purchase_propensity * cat.quality.item(item) * (1.3 - cat.price.item(item)), 0.9)
         else:
             p_buy = 0.0
         return p_notice, p_click, p_buy
@@ -151,7 +151,7 @@ class FunnelResponse:
         item = int(item)
         pv, pc, pb = self.probabilities_of(user, item, t)
         u_notice, u_click, u_buy = rng.random(3).tolist()
-        c = int(cat.category[item])
+        c = cat.category.item(item)
         if cfg.fatigue:
             user.fatigue[c] += cfg.fatigue_rate
         user.last_shown[item] = t
@@ -163,7 +163,7 @@ class FunnelResponse:
         else:
             event = PURCHASE if u_buy < pb else CLICK
 
-        quality = float(cat.quality[item])
+        quality = cat.quality.item(item)
         if cfg.churn:
             if event == IGNORED:
                 user.patience -= cfg.ignore_cost
