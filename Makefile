@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 # torch's CPU build must be installed before anything that depends on torch; otherwise pip resolves
 # torch from the index and pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# PyPI's Linux torch wheels are the CUDA build; PyTorch's own CPU index is used whenever it answers (an offline
+# mirror that already holds the CPU wheel, e.g. through pip's find-links, is used as is).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_ARGS = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5); print('--index-url $(TORCH_CPU_INDEX)')" 2>/dev/null)
 
 .PHONY: venv demo test test-slow bench lint clean help hostile-doc
 
@@ -20,7 +24,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX_ARGS)
 	$(PY) -m pip install --quiet -e ".[dev,export,serve]"
 	touch $(STAMP)
 

@@ -61,6 +61,10 @@ def test_baselines_default_config_prints_table() -> None:
         (("baselines", "--config", "configs/debug.yaml", "--set", "run.iterations=many"),
          "run.iterations: expected an integer"),
         (("baselines", "--config", "configs/debug.yaml", "--policies", "genius"), "unknown policy 'genius'"),
+        (("baselines", "--config", "configs/debug.yaml", "--episodes", "ten"),
+         "argument --episodes: invalid int value: 'ten' (see rllib-rec baselines --help)"),
+        (("head", "bogus"), "invalid choice: 'bogus'"),
+        (("demo", "--set", "run.iterationz=2"), "run.iterationz: unknown key"),  # before the first stage's banner
     ],
 )
 @pytest.mark.hostile("CLI", describe=lambda args, needle: (f"`rllib-rec {short(' '.join(args))}`",

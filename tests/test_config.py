@@ -67,6 +67,8 @@ def _write(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
         ("model: 3\n", "model", "expected a mapping"),
         ("- 1\n- 2\n", "", "top level must be a mapping"),
         ("a: [1, 2\n", "", "invalid YAML"),
+        ("run:\n  iterations: [3\n", "", "invalid YAML: line 3, column 1: expected ',' or ']', but got '<stream end>' "
+         "(while parsing a flow sequence at line 2, column 15)"),
         ("a: &x [1]\nb: *x\n", "", "aliases are not allowed"),
     ],
 )

@@ -218,6 +218,9 @@ def test_cli_ope_obd(capsys) -> None:
     assert "IPS / logged click rate = 1.198126" in out
     for name in ("IPS", "SNIPS", "DM", "DR"):
         assert f"\n{name} " in out
+    # a fixed dataset cannot be logged again, so its low-ESS warnings do not say to
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings and all("a fixed dataset" in w and "smaller epsilon" not in w for w in warnings), warnings
 
 
 def _collect_random_then_ope_history(tmp_path, capsys) -> str:

@@ -106,8 +106,8 @@ def test_long_history_is_truncated_to_the_most_recent(server, exported) -> None:
     ({"items": [1], "events": [3], "candidates": [5000]}, "candidates[0]: unknown item id 5000"),
     ({"items": [1], "events": [3], "k": 0}, "k: must be an integer in 1.."),
     ({"items": [1], "events": [3], "k": 10_000}, "k: must be an integer in 1.."),
-    ({"items": ["a"], "events": [3]}, "items.0: Input should be a valid integer"),
-    ({"items": [1.5], "events": [3]}, "items.0: Input should be a valid integer"),
+    ({"items": ["a"], "events": [3]}, "items[0]: Input should be a valid integer"),
+    ({"items": [1.5], "events": [3]}, "items[0]: Input should be a valid integer"),
     ({"events": [3]}, "items: Field required"),
     ({"items": [1], "events": [3], "user": "x"}, "user: Extra inputs are not permitted"),
 ])

@@ -627,6 +627,19 @@ def test_corrupt_model_is_refused_at_load_with_one_line(model, model_digest, tmp
     assert after == model_digest  # the good export is never modified
 
 
+@pytest.mark.parametrize("name", ["model.json", "debug.yaml"])
+@pytest.mark.hostile("file", describe=lambda name: (
+    f"`serve --model` given `{name}` (the sidecar, a config) instead of the `.tflite`", "exit 2, one line: not a .tflite model"))
+def test_a_file_that_is_not_a_tflite_model_is_named_as_such(model, tmp_path, name) -> None:
+    given = tmp_path / name
+    shutil.copyfile(model.with_suffix(".json"), given)
+    proc = subprocess.run(_serve_cmd("--model", str(given), "--port", str(_free_port())),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"rllib-rec serve: error: {given}: not a .tflite model (export writes model.tflite beside its sidecar .json)"
+
+
 def test_sidecar_without_a_digest_is_checked_by_size_only(model, tmp_path) -> None:
     """Sidecars written before the digest existed still serve (the size check and LiteRT's verifier remain)."""
     from rllib_rec.deploy.serve import Recommender

@@ -163,6 +163,15 @@ def test_resume_with_a_different_model_is_refused(run, tmp_path) -> None:
     assert _tree_digest(run.run_dir / "checkpoints") == before
 
 
+@pytest.mark.hostile("config", rows=[("`train --resume RUN` of a run that is complete (trained and evaluated)",
+                                     "one line: complete, nothing to resume, how to train on; run untouched")])
+def test_resume_of_a_complete_run_is_refused(run) -> None:
+    before = _tree_digest(run.run_dir)
+    out = _cli("train", "--resume", str(run.run_dir), "--set", "run.iterations=1")
+    _one_line_error(out, "nothing to resume; to train on, raise run.iterations (e.g. --set run.iterations=")
+    assert _tree_digest(run.run_dir) == before
+
+
 def test_init_from_starts_a_new_run_with_the_checkpoint_network(run, tmp_path) -> None:
     """`train --init-from RUN`: the learner (online and target networks) and the acting env runner start from
     the checkpoint's weights, in a new run directory at iteration 1, with the optimiser fresh."""

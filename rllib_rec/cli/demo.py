@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from envs import EVENT_NAMES, ECommerceEnv
+from rllib_rec.config.experiment import load_config
 from rllib_rec.deploy.export import export_checkpoint
 from rllib_rec.deploy.serve import Recommender
 from rllib_rec.errors import UsageError
@@ -24,6 +25,7 @@ def run_demo(overrides: Sequence[str] = (), tracking_uri: str | None = None,
     """Returns the summary lines (also printed by the CLI)."""
     if not DEBUG_CONFIG.is_file():
         raise UsageError(f"{DEBUG_CONFIG}: the demo's config is missing (run from a source checkout)")
+    load_config(str(DEBUG_CONFIG), overrides)  # a bad --set is refused before the first stage starts
     log(f"== 1/3 train {DEBUG_CONFIG.name} locally")
     res = train(str(DEBUG_CONFIG), overrides, tracking_uri=tracking_uri, log=log)
     log("== 2/3 export to TFLite (builtin ops only) and check parity against the checkpoint")

@@ -131,7 +131,8 @@ def _cmd_ope(args: argparse.Namespace) -> None:
         results = evaluate_obd(args.obd, n_bootstrap=args.n_bootstrap, seed=args.seed)
         for i, (name, ests) in enumerate(results.items()):
             print(("\n" if i else "") + f"Open Bandit Dataset: {name} (reward = click)")
-            _print_estimates(ests)
+            _print_estimates(ests, advice="a fixed dataset: read the estimate with its CI, or evaluate a policy "
+                             "closer to the logging one")
             ratio = ests[0].value / ests[-1].value
             print(f"IPS / logged click rate = {ratio:.6f}")
         return
@@ -181,9 +182,9 @@ def _ope_logs(args: argparse.Namespace) -> None:
     _print_estimates(ests)
 
 
-def _print_estimates(ests) -> None:  # noqa: ANN001
-    from rllib_rec.offpolicy.estimators import estimates_table, low_ess_warnings
+def _print_estimates(ests, advice: str | None = None) -> None:  # noqa: ANN001
+    from rllib_rec.offpolicy.estimators import LOG_AGAIN_ADVICE, estimates_table, low_ess_warnings
 
     print(estimates_table(ests))
-    for line in low_ess_warnings(ests):  # beside the table, on stdout with it
+    for line in low_ess_warnings(ests, advice or LOG_AGAIN_ADVICE):  # beside the table, on stdout with it
         print(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from rllib_rec.cli import deploy, offpolicy, run, tune
 
@@ -16,8 +17,15 @@ and README). Override any key with --set section.key=value (repeatable), e.g. --
 """
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error of the CLI (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="rllib-rec",
         description="Long-term-engagement recommender: Transformer-DQN on Ray RLlib in a simulated shop.",
         epilog=EPILOG,

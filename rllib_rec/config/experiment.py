@@ -277,6 +277,20 @@ def _depth(obj: Any, level: int = 0) -> int:
     return level
 
 
+def _yaml_problem(e: Exception) -> str:
+    """Where and what, e.g. ``line 4, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow
+    sequence at line 3, column 15)`` (the parser's own text names the string it was given, not the file)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and start is not None:
+        where += f" ({context} at line {start.line + 1}, column {start.column + 1})"
+    return where
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping with size, alias and depth guards; errors are one-line ConfigErrors."""
     p = Path(path)
@@ -287,8 +301,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.load(p.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (safe subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        problem = " ".join(str(e).split())
-        raise ConfigError("", f"invalid YAML: {problem}", str(p)) from None
+        raise ConfigError("", f"invalid YAML: {_yaml_problem(e)}", str(p)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -130,6 +130,8 @@ class Recommender:
         sidecar = path.with_suffix(".json")
         if not path.is_file():
             raise ServeError(f"{model_path}: no such model file")
+        if path.suffix != ".tflite":
+            raise ServeError(f"{model_path}: not a .tflite model (export writes model.tflite beside its sidecar .json)")
         if not sidecar.is_file():
             raise ServeError(f"{sidecar}: sidecar JSON missing (export writes it next to the .tflite)")
         if threads < 1:
@@ -492,9 +494,13 @@ def _replay(first: dict[str, Any], receive: Any) -> Any:
 def _loc(parts: Sequence[Any]) -> str:
     # A field name in the error comes from the client (an unknown key): clipped and escaped, so the detail
     # stays one short line and always encodes as UTF-8 (a lone surrogate in a key would not).
-    out = []
+    # List positions read as the request checks write them: items[1], not items.1.
+    out: list[str] = []
     for p in parts:
         if p == "body":
+            continue
+        if isinstance(p, int) and out:
+            out[-1] += f"[{p}]"
             continue
         text = str(p) if isinstance(p, int) or str(p).isidentifier() else ascii(str(p))
         out.append(text if len(text) <= 40 else text[:37] + "...")

@@ -79,6 +79,7 @@ __all__ = [
     "LOW_ESS_FRACTION",
     "low_ess",
     "low_ess_warnings",
+    "LOG_AGAIN_ADVICE",
 ]
 
 ESTIMATORS = ("IPS", "SNIPS", "DM", "DR")
@@ -595,8 +596,12 @@ def estimates_table(estimates: Sequence[Estimate]) -> str:
     return format_table(["estimator", "estimate", "95% CI", "ESS", "n"], rows)
 
 
-def low_ess_warnings(estimates: Sequence[Estimate]) -> list[str]:
-    """One ``warning:`` line per estimate with a low effective sample size (see :data:`LOW_ESS_FRACTION`)."""
+LOG_AGAIN_ADVICE = "log with a policy closer to the target, e.g. a smaller epsilon"
+
+
+def low_ess_warnings(estimates: Sequence[Estimate], advice: str = LOG_AGAIN_ADVICE) -> list[str]:
+    """One ``warning:`` line per estimate with a low effective sample size (see :data:`LOW_ESS_FRACTION`),
+    ending with ``advice`` in brackets (a fixed dataset cannot be logged again)."""
     return [f"warning: {e.name}: effective sample size {e.ess:,.1f} of {e.n:,} ({e.ess / e.n:.1%} < "
-            f"{LOW_ESS_FRACTION:.0%}); the estimate rests on a few heavily weighted samples (log with a policy "
-            "closer to the target, e.g. a smaller epsilon)" for e in estimates if low_ess(e)]
+            f"{LOW_ESS_FRACTION:.0%}); the estimate rests on a few heavily weighted samples ({advice})"
+            for e in estimates if low_ess(e)]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -98,9 +100,17 @@ def use_tracking_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def mlflow_command() -> str:
+    """How to run this interpreter's ``mlflow``: a virtualenv's bin is usually not on PATH."""
+    exe = Path(sys.executable).parent / "mlflow"
+    if exe.is_file() and shutil.which("mlflow") != str(exe):
+        return shlex.quote(os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe))
+    return "mlflow"
+
+
 def local_store_hint(uri: str) -> str:
     if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+        return f"{mlflow_command()} ui --backend-store-uri {uri} --host 127.0.0.1"
     return f"open {redact(uri)}"
 
 
