@@ -121,12 +121,13 @@ def _plan_resume(resume: str, config_path: str | None, overrides: Sequence[str],
         raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from")
     _check_same_model(saved, checkpoint_config(start), str(start))
     load_module(start)  # a corrupt checkpoint is refused here, before any tracking or Ray work
-    done = int(checkpoint_meta(start)["iteration"])
+    meta = checkpoint_meta(start)
+    done = int(meta["iteration"])
     if done >= cfg.run.iterations and (run_dir / "evaluation.json").is_file():
         raise CheckpointError(f"{run_dir}: complete ({done} iterations trained and evaluated), nothing to resume; "
                               f"to train on, raise run.iterations (e.g. --set run.iterations={done + 10})")
     state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).is_file() else {}
-    state.setdefault("mlflow_run_id", checkpoint_meta(start).get("mlflow_run_id"))
+    state.setdefault("mlflow_run_id", meta.get("mlflow_run_id"))
     return RunPlan(cfg, run_dir, start, state)
 
 
