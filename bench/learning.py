@@ -24,7 +24,8 @@ The protocol (docs/benchmarks.md says which seeds were used for tuning and which
   offline run on the log (``train --offline``, with ``--set`` and then ``--pretrain-set`` overrides), then the
   online run starting from its network (``train --init-from``).
 
-A run of `default` takes ~8 minutes per training seed (twice that with the one-step agent) on 2 cores.
+A run of `default` (300k env steps) takes ~30 minutes per training seed (twice that with the one-step agent)
+on 2 cores.
 """
 
 from __future__ import annotations
