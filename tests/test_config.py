@@ -121,7 +121,7 @@ def test_explore_item_dropout_applies_to_training_envs_only() -> None:
 def test_shipped_default_config_sets_the_schema_defaults() -> None:
     """configs/default.yaml documents the reason for each tuned value; the schema's defaults are the same
     values, so `rllib-rec train` without a config file and with configs/default.yaml train the same agent.
-    The run's length is the exception: the schema's is short, and the lr decay follows the length."""
+    The run's length is the exception: the schema's is short."""
     import yaml
 
     from rllib_rec.config import flatten
@@ -129,9 +129,23 @@ def test_shipped_default_config_sets_the_schema_defaults() -> None:
     shipped = flatten(yaml.safe_load((CONFIGS / "default.yaml").read_text()))
     defaults = flatten(load_config(None).to_dict())
     differs = {k: (v, defaults[k]) for k, v in shipped.items()
-               if k not in ("name", "run.iterations", "run.steps_per_iteration", "dqn.lr_decay_steps")
+               if k not in ("name", "run.iterations", "run.steps_per_iteration")
                and defaults[k] != v}
     assert not differs, f"configs/default.yaml and the schema defaults disagree: {differs}"
+
+
+def test_lr_decays_over_the_whole_run_unless_told_otherwise() -> None:
+    """A longer or shorter --set run.iterations stretches the lr decay with it; dqn.lr_decay_steps pins it."""
+    from rllib_rec.agent.algo import _training_settings
+
+    default = str(CONFIGS / "default.yaml")
+    assert load_config(default).lr_decay_env_steps == 150 * 2000
+    short = load_config(default, ["run.iterations=6"])
+    assert short.lr_decay_env_steps == 6 * 2000
+    assert _training_settings(short)["lr"] == [[0, 1e-3], [12_000, 1e-4]]
+    assert load_config(default, ["run.iterations=6", "dqn.lr_decay_steps=50000"]).lr_decay_env_steps == 50_000
+    assert load_config(str(CONFIGS / "large.yaml")).lr_decay_env_steps == 100_000
+    assert _training_settings(load_config(default, ["dqn.lr_end=null"]))["lr"] == 1e-3
 
 
 # --------------------------------------------------------------------------------------------- cross-field rules

@@ -126,7 +126,7 @@ def _training_settings(cfg: ExperimentConfig) -> dict[str, Any]:
         replay.update(type=UNIFORM_BUFFER)
     training: dict[str, Any] = dict(
         # A linear decay settles Q-learning's late oscillations (greedy return swinging between checkpoints).
-        lr=d.lr if d.lr_end is None else [[0, d.lr], [d.lr_decay_steps, d.lr_end]],
+        lr=d.lr if d.lr_end is None else [[0, d.lr], [cfg.lr_decay_env_steps, d.lr_end]],
         gamma=d.gamma,
         n_step=d.n_step,
         double_q=d.double_q,

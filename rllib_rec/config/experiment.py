@@ -99,7 +99,10 @@ class DQNSettings:
     lr_end: float | None = spec(
         1e-4, "if set: lr decays linearly from dqn.lr to this over dqn.lr_decay_steps env steps", gt=0.0, max=1.0
     )
-    lr_decay_steps: int = spec(100_000, "env steps of the lr decay (with dqn.lr_end)", min=1)
+    lr_decay_steps: int | None = spec(
+        None, "env steps of the lr decay (with dqn.lr_end); null = the whole run (run.iterations x "
+        "run.steps_per_iteration)", min=1
+    )
     gamma: float = spec(0.97, "discount factor", min=0.0, max=1.0)
     n_step: int = spec(1, "n-step returns", min=1, max=20)
     double_q: bool = spec(True, "double-Q targets")
@@ -232,6 +235,12 @@ class ExperimentConfig:
         if self.dqn.n_step > self.dqn.rollout_fragment_length:
             raise ConfigError("dqn.n_step", f"must be <= dqn.rollout_fragment_length ({self.dqn.rollout_fragment_length}), "
                               f"got {self.dqn.n_step}")
+
+    @property
+    def lr_decay_env_steps(self) -> int:
+        """Env steps over which the lr decays to dqn.lr_end: dqn.lr_decay_steps, else the whole run (so a
+        longer or shorter ``--set run.iterations`` stretches the decay with it)."""
+        return self.dqn.lr_decay_steps or self.run.iterations * self.run.steps_per_iteration
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
