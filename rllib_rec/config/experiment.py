@@ -97,7 +97,7 @@ class DQNSettings:
 
     lr: float = spec(1e-3, "Adam learning rate", gt=0.0, max=1.0)
     lr_end: float | None = spec(
-        1e-4, "if set: lr decays linearly from dqn.lr to this over dqn.lr_decay_steps env steps", gt=0.0, max=1.0
+        1e-4, "if set: lr decays linearly from dqn.lr to this (over dqn.lr_decay_steps env steps, or the whole run)", gt=0.0, max=1.0
     )
     lr_decay_steps: int | None = spec(
         None, "env steps of the lr decay (with dqn.lr_end); null = the whole run (run.iterations x "
