@@ -57,7 +57,7 @@ def main() -> None:
     try:
         ckpts = [resolve_checkpoint(c) for c in args.checkpoints]
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        ap.error(str(e))
     env_cfg = checkpoint_config(ckpts[0]).env
     clickbait = Catalog(env_cfg.catalog).is_clickbait
     oracles = {n: run_episodes(env_cfg, BASELINES[n], args.episodes, seed=args.seed)
@@ -73,7 +73,7 @@ def main() -> None:
 
     for ckpt in ckpts:
         if checkpoint_config(ckpt).env != env_cfg:
-            raise SystemExit(f"error: {ckpt}: env config differs from {ckpts[0]}'s; compare one shop at a time")
+            ap.error(f"{ckpt}: env config differs from {ckpts[0]}'s; compare one shop at a time")
         name = f"{ckpt.parent.parent.name}/{ckpt.name}"
         module = load_module(ckpt)
         row(name, evaluate_module(module, env_cfg, args.episodes, args.seed))

@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from rllib_rec.training.checkpoints import checkpoint_config, latest_checkpoint, load_module
+from rllib_rec.training.checkpoints import (
+    checkpoint_config,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_module,
+)
 from rllib_rec.training.train import train
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -93,6 +98,25 @@ def test_checkpoints_every_n_and_at_end(run) -> None:
     assert latest_checkpoint(run.run_dir) == run.checkpoint
     assert checkpoint_config(run.checkpoint).config_hash() == checkpoint_config(
         run.run_dir / "checkpoints" / "iter_000001").config_hash()
+
+
+def test_complete_checkpoints_are_listed_oldest_first_without_partial_ones(run, tmp_path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir / "checkpoints", copy / "checkpoints")
+    (copy / "checkpoints" / "iter_000010").mkdir()  # a checkpoint whose write never finished
+    assert [p.name for p in complete_checkpoints(copy)] == ["iter_000001", "iter_000002"]
+    assert latest_checkpoint(copy) == copy / "checkpoints" / "iter_000002"
+
+
+def test_snapshot_bench_combines_the_last_checkpoints(run) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "snapshots.py"), str(run.run_dir), "--last", "2",
+                           "--episodes", "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert rows[2:5] == ["last", "weights", "Q-values"], proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "snapshots.py"), str(run.run_dir), "--last", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--last 3: the run has 2 checkpoints" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_restore_reproduces_identical_q_values(run) -> None:

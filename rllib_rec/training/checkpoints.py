@@ -36,6 +36,7 @@ __all__ = [
     "CHECKPOINT_META",
     "atomic_write_text",
     "write_checkpoint",
+    "complete_checkpoints",
     "latest_checkpoint",
     "remove_partial_checkpoints",
     "checkpoint_config",
@@ -98,14 +99,20 @@ def _is_complete(path: Path) -> bool:
     return (path / CHECKPOINT_META).is_file() and (path / CONFIG_FILE).is_file()
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """Newest complete checkpoint of a run (temp dirs and incomplete ones are ignored)."""
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's complete checkpoints, oldest first (temp dirs and incomplete ones are ignored)."""
     ckpts = []
     for p in (run_dir / "checkpoints").glob("iter_*"):
         m = _ITER_DIR.match(p.name)
         if m and p.is_dir() and _is_complete(p):
             ckpts.append((int(m.group(1)), p))
-    return max(ckpts)[1] if ckpts else None
+    return [p for _, p in sorted(ckpts)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """Newest complete checkpoint of a run (temp dirs and incomplete ones are ignored)."""
+    ckpts = complete_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
 
 
 def checkpoint_named_by(best_json: Path, error: type[Exception] = CheckpointError) -> Path:
