@@ -59,6 +59,9 @@ def main() -> None:
     except CheckpointError as e:
         ap.error(str(e))
     env_cfg = checkpoint_config(ckpts[0]).env
+    for ckpt in ckpts[1:]:  # before any episode is played
+        if checkpoint_config(ckpt).env != env_cfg:
+            ap.error(f"{ckpt}: env config differs from {ckpts[0]}'s; compare one shop at a time")
     clickbait = Catalog(env_cfg.catalog).is_clickbait
     oracles = {n: run_episodes(env_cfg, BASELINES[n], args.episodes, seed=args.seed)
                for n in ("myopic_oracle", "planning_oracle")}
@@ -72,8 +75,6 @@ def main() -> None:
                      f"{s['clickbait_share']:.3f}", f"{s['purchases_mean']:.2f}", f"{s['length_mean']:.1f}"])
 
     for ckpt in ckpts:
-        if checkpoint_config(ckpt).env != env_cfg:
-            ap.error(f"{ckpt}: env config differs from {ckpts[0]}'s; compare one shop at a time")
         name = f"{ckpt.parent.parent.name}/{ckpt.name}"
         module = load_module(ckpt)
         row(name, evaluate_module(module, env_cfg, args.episodes, args.seed))

@@ -50,12 +50,12 @@ class QValueEnsemble:
         return {Columns.ACTIONS: actions}
 
 
-def weight_average(checkpoints: list[Path]) -> Any:
-    """The last checkpoint's module with its Q-network's weights replaced by the mean over ``checkpoints``."""
-    modules = [load_module(c) for c in checkpoints]
+def weight_average(last: Path, modules: list[Any]) -> Any:
+    """A fresh copy of checkpoint ``last``'s module whose Q-network weights are the mean of ``modules``'."""
+    averaged = load_module(last)
     weights = [m.qnet.get_weights() for m in modules]
-    modules[-1].qnet.set_weights([np.mean(w, axis=0) for w in zip(*weights, strict=True)])
-    return modules[-1]
+    averaged.qnet.set_weights([np.mean(w, axis=0) for w in zip(*weights, strict=True)])
+    return averaged
 
 
 def main() -> None:
@@ -85,11 +85,12 @@ def main() -> None:
         rows.append([name, f"{r:.3f}", f"{100 * r / myopic:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
                      f"{100 * r / planning:.1f}%", f"{stats.summary()['clickbait_share']:.3f}"])
 
-    row(f"last ({ckpts[-1].name})", load_module(ckpts[-1]))
+    modules = [load_module(c) for c in ckpts[-max(args.last):]]  # each loaded once, never modified
+    row(f"last ({ckpts[-1].name})", modules[-1])
     for n in args.last:
         names = f"{ckpts[-n].name}..{ckpts[-1].name}"
-        row(f"weights x{n} ({names})", weight_average(ckpts[-n:]))
-        row(f"Q-values x{n} ({names})", QValueEnsemble([load_module(c) for c in ckpts[-n:]]))
+        row(f"weights x{n} ({names})", weight_average(ckpts[-1], modules[-n:]))
+        row(f"Q-values x{n} ({names})", QValueEnsemble(modules[-n:]))
     print(format_table(["policy", "return", "% myopic [95% CI]", "% planning", "clickbait"], rows))
     print(f"{args.run_dir}: {args.episodes} held-out episodes, seeds {args.seed}+; myopic oracle {myopic:.3f}, "
           f"planning oracle {planning:.3f}; clickbait = share of recommendations")
