@@ -15,7 +15,7 @@ from rllib_rec.agent.dqn import RecDQNConfig
 from rllib_rec.agent.learner import WeightedDQNTorchLearner, combined_weights
 from rllib_rec.agent.module import TransformerDQNModule
 from rllib_rec.agent.replay import PRIORITIZED_BUFFER, TRANSITION_BUFFER, UNIFORM_BUFFER
-from rllib_rec.agent.spec import QNetSpec
+from rllib_rec.agent.spec import REWARD_PREDS, QNetSpec
 
 torch.set_num_threads(1)
 
@@ -156,6 +156,27 @@ def test_loss_equals_hand_computed_weighted_huber(settings):
     assert torch.isfinite(q.grad).all()
 
 
+def test_reward_loss_adds_the_weighted_squared_error_of_the_taken_slot():
+    config = _config(use_per=False, use_ips=False, reward_loss_weight=0.5)
+    learner = WeightedDQNTorchLearner(config=config)
+    q = torch.tensor([[1.0, 2.0], [0.5, 3.0]], requires_grad=True)
+    preds = torch.tensor([[0.1, 0.7], [1.5, -2.0]], requires_grad=True)
+    batch = {Columns.ACTIONS: torch.tensor([1, 0]), Columns.REWARDS: torch.tensor([1.0, 2.0]),
+             Columns.TERMINATEDS: torch.tensor([True, True]), "n_step": torch.tensor([1.0, 1.0]),
+             "weights": torch.ones(2)}
+    fwd = {QF_PREDS: q, QF_NEXT_PREDS: torch.zeros(2, 2), QF_TARGET_NEXT_PREDS: torch.zeros(2, 2),
+           REWARD_PREDS: preds}
+    loss = learner.compute_loss_for_module(module_id="default_policy", config=config, batch=batch, fwd_out=fwd)
+    # TD: terminal targets = rewards; q_sel = [2, 0.5] -> errors [1, -1.5] -> Huber [0.5, 1.0]
+    # reward head: taken slots [0.7, 1.5] vs [1, 2] -> squared errors [0.09, 0.25]
+    assert loss.item() == pytest.approx(np.mean([0.5, 1.0]) + 0.5 * np.mean([0.09, 0.25]), rel=1e-5)
+    loss.backward()
+    assert preds.grad[0, 0] == 0 and preds.grad[1, 1] == 0 and preds.grad[0, 1] != 0
+    fwd.pop(REWARD_PREDS)
+    with pytest.raises(ValueError, match="no reward head"):
+        learner.compute_loss_for_module(module_id="default_policy", config=config, batch=batch, fwd_out=fwd)
+
+
 # ------------------------------------------------------------------------------------ end to end
 MODEL_CONFIG = {
     "qnet": QNetSpec(10, 10, 20, embed_dim=16, num_heads=2, num_layers=1, ff_dim=32, mlp_hidden=(32,)).to_dict(),
@@ -273,5 +294,31 @@ def test_a_non_finite_gradient_is_made_finite_before_the_step(ray_local):
         learner.apply_gradients(grads)
         assert all(torch.isfinite(p).all() for p in learner._params.values())
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in learner._params.values())
+    finally:
+        algo.stop()
+
+
+def test_reward_loss_weight_builds_the_head_and_trains_it(ray_local):
+    """`dqn.reward_loss_weight` > 0 switches the module's reward head on and gives the learner its weight; a
+    run then logs a finite reward loss, and the sampling module holds the Q-network only."""
+    from rllib_rec.agent.algo import learner_config, module_model_config
+    from rllib_rec.agent.spec import REWARD_HEAD_KEY
+    from rllib_rec.config import load_config
+
+    base = load_config("configs/debug.yaml")
+    assert module_model_config(base)[REWARD_HEAD_KEY] is False and learner_config(base)["reward_loss_weight"] == 0
+    on = load_config("configs/debug.yaml", overrides=["dqn.reward_loss_weight=0.5"])
+    assert module_model_config(on)[REWARD_HEAD_KEY] is True and learner_config(on)["reward_loss_weight"] == 0.5
+
+    config = e2e_config({"type": PRIORITIZED_BUFFER, "capacity": 1000}, reward_loss_weight=1.0)
+    config.rl_module(rl_module_spec=RLModuleSpec(module_class=TransformerDQNModule,
+                                                 model_config={**MODEL_CONFIG, REWARD_HEAD_KEY: True}))
+    algo = config.build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        assert np.isfinite(result["learners"]["default_policy"]["reward_loss"])
+        assert hasattr(algo.learner_group._learner.module["default_policy"], "_train_net")
+        assert not hasattr(algo.env_runner.module, "_train_net")
     finally:
         algo.stop()

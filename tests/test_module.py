@@ -9,7 +9,7 @@ from ray.rllib.core.columns import Columns
 
 from rllib_rec.agent.model import MASKED_Q
 from rllib_rec.agent.module import TransformerDQNModule, masked_epsilon_greedy
-from rllib_rec.agent.spec import QNetSpec
+from rllib_rec.agent.spec import REWARD_PREDS, QNetSpec
 
 torch.set_num_threads(1)
 N, T = 10, 20
@@ -248,3 +248,31 @@ def test_train_forward_matches_the_stock_double_q_forward():
     assert our_grads.keys() == stock_grads.keys() and our_grads
     for name, g in our_grads.items():
         torch.testing.assert_close(g, stock_grads[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit_trace", [False, True])
+def test_reward_head_shares_the_encoder_and_stays_out_of_acting(jit_trace):
+    """With a reward head the training forward also predicts each slot's reward, from the Q-network's own
+    layers: Q is unchanged, the Q-network's weights are exactly a plain module's, the reward loss's gradient
+    reaches the shared encoder, and inference-only modules (env runners, export) never hold the head."""
+    m = make_module(jit_trace=jit_trace, reward_head=True)
+    plain = make_module(jit_trace=jit_trace)
+    rng = np.random.default_rng(4)
+    batch = {Columns.OBS: make_obs(rng, 16), Columns.NEXT_OBS: make_obs(rng, 16)}
+    assert sorted(v.path for v in m.qnet.weights) == sorted(v.path for v in plain.qnet.weights)
+    for _ in range(2):  # with a trace: first the sequential, then the threaded training forward
+        out = m.forward_train(batch)
+        assert out[REWARD_PREDS].shape == (16, N)
+        torch.testing.assert_close(out[QF_PREDS], m.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS])
+    m.zero_grad()
+    out[REWARD_PREDS].sum().backward()
+    grads = {n: p.grad for n, p in m._train_net.named_parameters() if p.grad is not None}
+    assert any("mha_0" in n for n in grads) and any("reward_query" in n for n in grads)
+    assert not any(n.endswith(".value/kernel") for n in grads)  # the Q-only state value gets nothing
+    inf_state = m.get_state(inference_only=True)
+    assert not any(k.startswith("_train_net") for k in inf_state)
+    worker = make_module(inference_only=True, reward_head=True)
+    assert not hasattr(worker, "_train_net")
+    worker.set_state(inf_state)
+    torch.testing.assert_close(worker.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS],
+                               m.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS])

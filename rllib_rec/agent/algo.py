@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from rllib_rec.agent.registry import RUNTIME_KEY, register_rllib_env
 from rllib_rec.agent.runtime import import_rllib_quietly, set_torch_threads, use_torch_keras_backend
-from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
+from rllib_rec.agent.spec import MODEL_CONFIG_KEY, REWARD_HEAD_KEY, QNetSpec
 from rllib_rec.config import ExperimentConfig
 from rllib_rec.config.schema import to_dict
 
@@ -21,7 +21,8 @@ TRIAL_TORCH_THREADS_ENV = "RLLIB_REC_TORCH_THREADS"  # torch threads of a Tune t
 
 def module_model_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """``model_config`` of :class:`~rllib_rec.agent.module.TransformerDQNModule`: the network's spec."""
-    return {MODEL_CONFIG_KEY: QNetSpec.from_experiment(cfg).to_dict()}
+    return {MODEL_CONFIG_KEY: QNetSpec.from_experiment(cfg).to_dict(),
+            REWARD_HEAD_KEY: cfg.dqn.reward_loss_weight > 0}
 
 
 def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -43,7 +44,8 @@ def env_config(cfg: ExperimentConfig) -> dict[str, Any]:
 def learner_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """``learner_config_dict`` for :class:`rllib_rec.agent.learner.WeightedDQNTorchLearner`."""
     d = cfg.dqn
-    return {"use_per": d.prioritized_replay, "use_ips": d.ips_weights, "ips_clip": d.ips_clip, "normalize": "mean"}
+    return {"use_per": d.prioritized_replay, "use_ips": d.ips_weights, "ips_clip": d.ips_clip, "normalize": "mean",
+            "reward_loss_weight": d.reward_loss_weight}
 
 
 def _one_torch_thread_per_trial(algorithm: Any = None, **_: Any) -> None:

@@ -23,7 +23,13 @@ lr / grad_clip / on-off switches independent. Cost: a small O(1/B) self-normalis
 usual trade for much lower variance (as in SNIPS). With both switches off every weight is exactly 1.
 
 Settings come from ``config.learner_config_dict`` (see `DEFAULT_LEARNER_SETTINGS`):
-    use_per (bool, True), use_ips (bool, False), ips_clip (float, 10.0), normalize ("mean" | "none").
+    use_per (bool, True), use_ips (bool, False), ips_clip (float, 10.0), normalize ("mean" | "none"),
+    reward_loss_weight (float, 0.0).
+
+Auxiliary reward loss: with ``reward_loss_weight`` > 0 (and a module built with a reward head) the loss adds
+``weight * mean((reward_pred[a] - r)^2)`` over the batch, unweighted: the reward head's prediction for the
+recommended slot against the batch's reward (the n-step discounted sum when n_step > 1). Its gradient reaches
+the shared encoder; the TD loss and the priority updates are untouched.
 To disable PER sampling itself (not just its weights) use a uniform buffer (`UNIFORM_BUFFER`) or
 ``alpha=0``.
 """
@@ -37,8 +43,10 @@ import torch
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 
+from rllib_rec.agent.spec import REWARD_HEAD_KEY, REWARD_PREDS
+
 __all__ = ["DEFAULT_LEARNER_SETTINGS", "WeightedDQNTorchLearner", "clip_gradients_fused", "combined_weights",
-           "learner_settings"]
+           "learner_settings", "reward_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ DEFAULT_LEARNER_SETTINGS: dict[str, Any] = {
     "use_ips": False,
     "ips_clip": 10.0,
     "normalize": "mean",
+    "reward_loss_weight": 0.0,
 }
 
 
@@ -121,7 +130,15 @@ def learner_settings(learner_config_dict: dict[str, Any] | None) -> dict[str, An
     out = {**DEFAULT_LEARNER_SETTINGS, **{k: v for k, v in given.items() if k in DEFAULT_LEARNER_SETTINGS}}
     out["use_per"], out["use_ips"] = bool(out["use_per"]), bool(out["use_ips"])
     out["ips_clip"] = float(out["ips_clip"])
+    out["reward_loss_weight"] = float(out["reward_loss_weight"])
     return out
+
+
+def reward_loss(reward_preds: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the predicted reward of each taken action: ``reward_preds`` [B, K], ``actions``
+    [B] (slot indices), ``rewards`` [B]."""
+    taken = reward_preds.gather(1, actions.long().reshape(-1, 1)).squeeze(1)  # [B]
+    return torch.mean((taken - rewards.to(taken.dtype)) ** 2)
 
 
 class WeightedDQNTorchLearner(DQNTorchLearner):
@@ -169,7 +186,14 @@ class WeightedDQNTorchLearner(DQNTorchLearner):
             stats["behaviour_prob_mean"] = probs.float().mean()
             stats["ips_clipped_frac"] = (probs.float() < 1.0 / s["ips_clip"]).float().mean()
         self.metrics.log_dict(stats, key=module_id, window=1)
-        batch = {**batch, "weights": w}
-        return super().compute_loss_for_module(
-            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+        td_loss = super().compute_loss_for_module(
+            module_id=module_id, config=config, batch={**batch, "weights": w}, fwd_out=fwd_out
         )
+        if s["reward_loss_weight"] <= 0.0:
+            return td_loss
+        if REWARD_PREDS not in fwd_out:
+            raise ValueError("reward_loss_weight > 0 but the module has no reward head (model_config "
+                             f"{REWARD_HEAD_KEY!r}: true)")
+        aux = reward_loss(fwd_out[REWARD_PREDS], batch[Columns.ACTIONS], batch[Columns.REWARDS])
+        self.metrics.log_value((module_id, "reward_loss"), aux, window=1)
+        return td_loss + s["reward_loss_weight"] * aux

@@ -35,8 +35,8 @@ from envs.catalog import Catalog
 from envs.config import CatalogConfig
 from rllib_rec.agent.spec import MASKED_Q, QNetSpec
 
-__all__ = ["MASKED_Q", "INPUTS", "QNetSpec", "build_q_model", "item_table", "load_q_model_weights",
-           "q_model_weights"]
+__all__ = ["MASKED_Q", "INPUTS", "QNetSpec", "build_q_and_reward_models", "build_q_model", "item_table",
+           "load_q_model_weights", "q_model_weights"]
 
 INPUTS = OBS_KEYS  # items, events, candidates, candidate_mask
 # Multiplicative hash of an item token into the id buckets (Knuth's constant): deterministic across
@@ -257,11 +257,14 @@ def _encoder_block(x, attention_mask, spec: QNetSpec, index: int):
     return layers.LayerNormalization(epsilon=1e-6, name=f"ln2_{index}")(x + ff)  # [B, T, D]
 
 
-def _candidate_scores(spec: QNetSpec, h, events, valid, history: tuple, candidates: tuple, tokens: tuple):
+def _candidate_scores(spec: QNetSpec, h, events, valid, history: tuple, candidates: tuple, tokens: tuple,
+                      head: str | None = None):
     """[B, K] advantage-like score of each candidate: a tied dot product with the user vector plus the item's
     bias, plus a small MLP over per-candidate evidence read straight from the history. ``history`` and
-    ``candidates`` are (vectors, rows, bias) of the history items and the candidates; ``tokens`` their tokens."""
-    head = "advantage" if spec.dueling else "q"
+    ``candidates`` are (vectors, rows, bias) of the history items and the candidates; ``tokens`` their tokens.
+    ``head`` names a second scorer's layers (the reward head); None: the Q-network's own."""
+    prefix = "" if head is None else f"{head}_"
+    head = head or ("advantage" if spec.dueling else "q")
     (item_vectors, item_rows, _), (cand_vectors, cand_rows, cand_bias) = history, candidates
     items, candidate_tokens = tokens
     query = layers.Dense(spec.embed_dim, name=f"{head}_query")(h)  # [B, D]
@@ -272,24 +275,45 @@ def _candidate_scores(spec: QNetSpec, h, events, valid, history: tuple, candidat
     if spec.history_features:
         per_candidate.append(_history_item_features(candidate_tokens, items, events, spec.n_event_types))
     if spec.history_affinity:
-        per_candidate.append(HistoryAffinity(name="history_affinity")(
+        per_candidate.append(HistoryAffinity(name=f"{prefix}history_affinity")(
             cand_vectors, item_vectors, valid, _event_features(events, spec.n_event_types)))
     if spec.category_features:
         col = 1 + spec.item_features.index("category")
         per_candidate.append(_history_category_features(cand_rows[..., col], item_rows[..., col], events,
                                                         spec.n_event_types))
     if spec.item_context and per_candidate:
-        user = layers.Dense(spec.embed_dim, name="item_context_user")(h)  # [B, D]
+        user = layers.Dense(spec.embed_dim, name=f"{prefix}item_context_user")(h)  # [B, D]
         per_candidate.append(ops.expand_dims(user, 1) * cand_vectors)  # [B, K, D]
     if per_candidate:
         feats = per_candidate[0] if len(per_candidate) == 1 else ops.concatenate(per_candidate, axis=-1)
-        hidden = layers.Dense(16, activation="relu", name="history_item_hidden")(feats)  # [B, K, 16]
-        scores = scores + ops.squeeze(layers.Dense(1, name="history_item_score")(hidden), axis=-1)  # [B, K]
+        hidden = layers.Dense(16, activation="relu", name=f"{prefix}history_item_hidden")(feats)  # [B, K, 16]
+        scores = scores + ops.squeeze(layers.Dense(1, name=f"{prefix}history_item_score")(hidden), axis=-1)  # [B, K]
     return scores
 
 
 def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     """Builds the Transformer Q-network over K candidates as a Keras functional model with dict inputs."""
+    inputs, q, _ = _q_graph(spec)
+    return keras.Model(inputs=inputs, outputs=q, name=name)
+
+
+def build_q_and_reward_models(spec: QNetSpec, name: str = "q_net") -> tuple[keras.Model, keras.Model]:
+    """The Q-network and a training model that shares all its layers and adds a reward head.
+
+    The second model's outputs are ``[q [B, K], reward [B, K]]``: ``reward`` predicts the immediate reward of
+    recommending each slot, from the same user vector and item representations (an auxiliary task that makes
+    the encoder represent what the next event will be, e.g. a purchase). The first model is exactly
+    `build_q_model`'s: same layers, same weight paths, so export and serving never see the reward head.
+    """
+    inputs, q, parts = _q_graph(spec)
+    reward = _candidate_scores(spec, *parts, head="reward")  # [B, K]
+    return (keras.Model(inputs=inputs, outputs=q, name=name),
+            keras.Model(inputs=inputs, outputs=[q, reward], name=f"{name}_with_reward"))
+
+
+def _q_graph(spec: QNetSpec) -> tuple[dict, object, tuple]:
+    """The Q-network's inputs and output [B, K], and what a second scorer needs to score the same candidates:
+    ``(h, events, valid, history, candidates, tokens)`` as `_candidate_scores` takes them."""
     items = keras.Input(shape=(spec.history_length,), dtype="int32", name="items")  # [B, T]
     events = keras.Input(shape=(spec.history_length,), dtype="int32", name="events")  # [B, T]
     candidates = keras.Input(shape=(spec.n_candidates,), dtype="int32", name="candidates")  # [B, K]
@@ -304,7 +328,8 @@ def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     history = tuple(x[:, :t] for x in looked_up)  # vectors [B, T, D], rows [B, T, 1 + F], bias [B, T]
     cands = tuple(x[:, t:] for x in looked_up)  # the same for the K candidates
     h, valid = _encode_history(spec, history[0], items, events)
-    scores = _candidate_scores(spec, h, events, valid, history, cands, (items, candidate_tokens))
+    parts = (h, events, valid, history, cands, (items, candidate_tokens))
+    scores = _candidate_scores(spec, *parts)
 
     if spec.dueling:
         value = layers.Dense(1, name="value")(h)  # [B, 1]
@@ -318,7 +343,7 @@ def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
         q = value + q  # [B, K]
     q = ops.where(ops.greater(candidate_mask, 0), q, ops.full_like(q, MASKED_Q))  # [B, K]
     inputs = {"items": items, "events": events, "candidates": candidates, "candidate_mask": candidate_mask}
-    return keras.Model(inputs=inputs, outputs=q, name=name)
+    return inputs, q, parts
 
 
 def q_model_weights(model: keras.Model) -> dict[str, np.ndarray]:

@@ -20,9 +20,14 @@
   optimizer steps and `load_state_dict` syncs need no re-trace) and is kept out of `state_dict`.
   It is skipped automatically when dropout > 0 (a trace freezes the training flag).
 
+* Optional reward head (`model_config["reward_head"]`): the training forward then also returns `REWARD_PREDS`
+  [B, K], the immediate reward predicted for each slot by a second scorer on the same encoder (see
+  `build_q_and_reward_models`), for the learner's auxiliary loss. `qnet` stays the Q-network alone, so export,
+  acting and the target network are unchanged; the training model is dropped from inference-only modules.
+
 `model_config` keys read here: ``qnet`` (a :class:`~rllib_rec.agent.model.QNetSpec` as a dict: the whole
-architecture), ``jit_trace`` (default True), plus DQNConfig's auto-included double_q, epsilon and num_atoms
-(must be 1).
+architecture), ``reward_head`` (default False), ``jit_trace`` (default True), plus DQNConfig's auto-included
+double_q, epsilon and num_atoms (must be 1).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQ
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_rec.agent.model import INPUTS, build_q_model
-from rllib_rec.agent.spec import MODEL_CONFIG_KEY, QNetSpec
+from rllib_rec.agent.model import INPUTS, build_q_and_reward_models, build_q_model
+from rllib_rec.agent.spec import MODEL_CONFIG_KEY, REWARD_HEAD_KEY, REWARD_PREDS, QNetSpec
 
 __all__ = ["TransformerDQNModule", "masked_epsilon_greedy"]
 
@@ -122,7 +127,11 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         if spaces != expected:
             raise ValueError(f"spaces (actions, history, candidates, mask) {spaces} do not fit the model spec "
                              f"{expected} (n_candidates, history_length)")
-        self.qnet = build_q_model(self.spec, name="q_net")
+        self.uses_reward_head = bool(cfg.get(REWARD_HEAD_KEY, False))
+        if self.uses_reward_head:
+            self.qnet, self._train_net = build_q_and_reward_models(self.spec, name="q_net")
+        else:
+            self.qnet = build_q_model(self.spec, name="q_net")
         self._use_trace = bool(cfg.get("jit_trace", True)) and self.spec.dropout == 0.0
         self._training_forward = False
         # Traced callables live in a plain dict so nn.Module does not register them (no state_dict
@@ -143,7 +152,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         """Casts the observation dict to the int32 tensors the Keras inputs are declared with."""
         return {k: torch.as_tensor(obs[k]).to(torch.int32) for k in _OBS_KEYS}
 
-    def _call_net(self, key: str, net: keras.Model, obs: dict[str, Any]) -> torch.Tensor:
+    def _call_net(self, key: str, net: keras.Model, obs: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
         x = self._prep_obs(obs)
         if not self._use_trace:
             return net(x, training=self._training_forward)  # [B, A]
@@ -178,7 +187,7 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
         return [(torch.nn.ParameterList([p for _, p in online]), torch.nn.ParameterList([target[n] for n, _ in online]))]
 
     def get_non_inference_attributes(self) -> list[str]:
-        return ["_target_qnet"]
+        return ["_target_qnet", "_train_net"]
 
     def get_initial_state(self) -> dict:
         return {}
@@ -214,17 +223,25 @@ class TransformerDQNModule(DefaultDQNTorchRLModule):
             # The next-obs passes need no gradient and do not depend on Q(obs): once both nets are traced
             # (tracing and eager Keras calls are not thread-safe) they run on a helper thread while this one
             # runs Q(obs); torch releases the GIL in its kernels, so a second core shortens the update.
-            if not (self._use_trace and {"online", "target"} <= self._traced.keys()):
+            traced = {"online", "target", "train"} if self.uses_reward_head else {"online", "target"}
+            if not (self._use_trace and traced <= self._traced.keys()):
                 out_next = self._next_obs_passes(next_obs)
-                return {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS], **out_next}
+                return {**self._obs_pass(batch[Columns.OBS]), **out_next}
             next_passes = self._helper_thread().submit(self._next_obs_passes, next_obs)
             try:
-                q = self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]  # [B, K]
+                out = self._obs_pass(batch[Columns.OBS])
             finally:
                 out_next = next_passes.result()
-            return {QF_PREDS: q, **out_next}
+            return {**out, **out_next}
         finally:
             self._training_forward = False
+
+    def _obs_pass(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Q(obs) [B, K] with gradients, and the reward head's predictions [B, K] when it has one."""
+        if not self.uses_reward_head:
+            return {QF_PREDS: self.compute_q_values({Columns.OBS: obs})[QF_PREDS]}
+        q, reward = self._call_net("train", self._train_net, obs)
+        return {QF_PREDS: q, REWARD_PREDS: reward}
 
     def _next_obs_passes(self, next_obs: dict[str, Any]) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # grad mode is per thread

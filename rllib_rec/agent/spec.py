@@ -14,10 +14,14 @@ from typing import Any
 from envs import N_EVENT_TYPES
 from envs.catalog import POPULARITY_BANDS, PRICE_BANDS
 
-__all__ = ["ITEM_FEATURES", "MASKED_Q", "MODEL_CONFIG_KEY", "QNetSpec"]
+__all__ = ["ITEM_FEATURES", "MASKED_Q", "MODEL_CONFIG_KEY", "QNetSpec", "REWARD_HEAD_KEY", "REWARD_PREDS"]
 
 # The RLModule's model_config carries the spec under this key (``QNetSpec.to_dict()``).
 MODEL_CONFIG_KEY = "qnet"
+# model_config key switching the training-only reward head on (not part of the spec: export never builds it),
+# and the key of its predictions in the training forward's output.
+REWARD_HEAD_KEY = "reward_head"
+REWARD_PREDS = "reward_preds"
 # Value written into the Q-vector for invalid slots. Finite on purpose: `q + (mask - 1) * inf` produces NaN
 # where mask == 1 (0 * inf), and the TFLite converter turns -inf into -3.4e38 anyway. 3e4 is far below any
 # achievable return (tens), exact in float16 (an fp16 export stores it as such: float16 tops out at 65,504)

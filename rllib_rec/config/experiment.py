@@ -130,6 +130,11 @@ class DQNSettings:
         4.0, "replay ratio: env steps trained / env steps sampled (null = one update per sampling round)", gt=0.0
     )
     grad_clip: float | None = spec(10.0, "gradient-norm clip (null = off)", gt=0.0)
+    reward_loss_weight: float = spec(
+        0.0, "weight of an auxiliary loss: a second head on the shared encoder predicts the immediate reward of "
+        "the recommended item (squared error); training only, the exported network is the Q-network alone. 0 = off",
+        min=0.0, max=100.0,
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ def _get(d: dict, *path: str, default: float = math.nan) -> float:
 
 def iteration_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The few numbers worth a progress line and an MLflow metric, from RLlib's result dict."""
-    return {
+    metrics = {
         "env_steps": _get(result, "env_runners", "num_env_steps_sampled_lifetime"),
         "episode_return_mean": _get(result, "env_runners", "episode_return_mean"),
         "episode_len_mean": _get(result, "env_runners", "episode_len_mean"),
@@ -34,6 +34,10 @@ def iteration_metrics(result: dict[str, Any]) -> dict[str, float]:
         # Env steps that raised (or hit run.env_step_timeout_s) and were survived by recreating the env.
         "env_step_failures": _get(result, "env_runners", "num_env_step_failures", default=0.0),
     }
+    reward_loss = _get(result, "learners", "default_policy", "reward_loss")  # only with dqn.reward_loss_weight
+    if not math.isnan(reward_loss):
+        metrics["reward_loss"] = reward_loss
+    return metrics
 
 
 def epsilon_at(cfg: ExperimentConfig, step: float) -> float:
