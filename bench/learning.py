@@ -88,11 +88,17 @@ def train_and_measure(preset: str, seed: int, overrides: list[str], out: Path, e
         init_from = str(pre.checkpoint)
     res = train(config, sets, init_from=init_from,
                 log=lambda s: print(f"  [{tag}] {s}", flush=True) if s.startswith(("iter", "wall")) else None)
-    history = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rate = (history[-1]["env_steps"] - history[0]["env_steps"]) / sum(h["seconds"] for h in history[1:])
+    rate = training_rate(res.run_dir)
     print(f"  [{tag}] playing {episodes:,} held-out users ...", flush=True)
     agent = evaluate_module(load_module(res.checkpoint), checkpoint_config(res.checkpoint).env, episodes, eval_seed)
     return agent, rate, str(res.checkpoint)
+
+
+def training_rate(run_dir: Path) -> float:
+    """A run's training throughput (env steps per second of its iterations after the first, which also fills
+    the replay buffer), from its metrics.jsonl."""
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return (history[-1]["env_steps"] - history[0]["env_steps"]) / sum(h["seconds"] for h in history[1:])
 
 
 def _pct(a: np.ndarray, b: np.ndarray) -> str:
@@ -101,7 +107,8 @@ def _pct(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def report(preset: str, cfg: ExperimentConfig, runs: list[Run], base: dict[str, EpisodeStats], episodes: int,
-           eval_seed: int) -> list[str]:
+           eval_seed: int, unit: str = "training seed") -> list[str]:
+    """The protocol's table and summary lines; ``unit`` is what one row is (a training seed, an ensemble)."""
     myopic, planning, hist = (base[n].returns for n in ("myopic_oracle", "planning_oracle", "history"))
     rows = []
     for r in runs:
@@ -115,22 +122,22 @@ def report(preset: str, cfg: ExperimentConfig, runs: list[Run], base: dict[str, 
     headers = ["seed", "return", "% myopic [95% CI]", "% planning", "x history", "clickbait"]
     if runs and runs[0].one_step is not None:
         headers += ["one-step % myopic", "vs one-step", "one-step clickbait"]
-    lines = [f"{preset}: {len(runs)} training seed(s), each on {episodes:,} held-out users (seeds {eval_seed}+)",
+    lines = [f"{preset}: {len(runs)} {unit}(s), each on {episodes:,} held-out users (seeds {eval_seed}+)",
              format_table([*headers, "train steps/s"], rows)]
     ratios = np.array([100 * r.agent.returns.mean() / myopic.mean() for r in runs])
     lines.append(f"{preset}: mean {ratios.mean():.1f}% of the myopic oracle"
-                 + (f" ± {ratios.std(ddof=1) / np.sqrt(len(ratios)):.1f} (SE over seeds)" if len(ratios) > 1 else "")
+                 + (f" ± {ratios.std(ddof=1) / np.sqrt(len(ratios)):.1f} (SE over {unit}s)" if len(ratios) > 1 else "")
                  + f"; {100 * np.mean([r.agent.returns.mean() for r in runs]) / planning.mean():.1f}% of the planning "
                  f"oracle; {np.mean([r.agent.returns.mean() for r in runs]) / hist.mean():.2f}x history")
     if runs and runs[0].one_step is not None:
         diffs = np.array([100 * (r.agent.returns.mean() / r.one_step.returns.mean() - 1) for r in runs])
         if len(diffs) > 1:
             half = scipy_stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
-            ci = f" (95% CI over seeds {diffs.mean() - half:+.1f} to {diffs.mean() + half:+.1f})"
+            ci = f" (95% CI over {unit}s {diffs.mean() - half:+.1f} to {diffs.mean() + half:+.1f})"
         else:
             ci = ""
         lines.append(f"{preset}: the agent earns {diffs.mean():+.1f}% over the one-step agent (gamma 0), paired per "
-                     f"seed{ci}")
+                     f"{unit}{ci}")
     lines.append(f"{preset}: on the same users: " + "  ".join(
         f"{n} {base[n].returns.mean():.3f} (clickbait {base[n].summary()['clickbait_share']:.3f})"
         for n in BASELINE_NAMES))

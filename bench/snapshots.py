@@ -28,26 +28,7 @@ from envs.baselines import BASELINES, run_episodes  # noqa: E402
 from rllib_rec.stats import ratio_of_means_ci  # noqa: E402
 from rllib_rec.tables import format_table  # noqa: E402
 from rllib_rec.training.checkpoints import checkpoint_config, complete_checkpoints, load_module  # noqa: E402
-from rllib_rec.training.evaluate import evaluate_module  # noqa: E402
-
-
-class QValueEnsemble:
-    """Greedy policy over the mean Q-values of several modules (same spaces)."""
-
-    def __init__(self, modules: list[Any]) -> None:
-        self.modules = modules
-
-    def forward_inference(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import torch
-        from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
-        from ray.rllib.core.columns import Columns
-
-        from rllib_rec.agent.module import masked_epsilon_greedy
-
-        with torch.no_grad():
-            q = torch.stack([m.compute_q_values(batch)[QF_PREDS] for m in self.modules]).mean(0)  # [B, K]
-            actions, _ = masked_epsilon_greedy(q, batch[Columns.OBS]["candidate_mask"], 0.0)
-        return {Columns.ACTIONS: actions}
+from rllib_rec.training.evaluate import QValueEnsemble, evaluate_module  # noqa: E402
 
 
 def weight_average(last: Path, modules: list[Any]) -> Any:

@@ -119,6 +119,32 @@ def test_snapshot_bench_combines_the_last_checkpoints(run) -> None:
     assert bad.returncode == 2 and "--last 3: the run has 2 checkpoints" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_q_value_ensemble_of_one_module_acts_like_it(run) -> None:
+    from rllib_rec.training.evaluate import QValueEnsemble, _greedy_actions
+
+    module = load_module(run.checkpoint)
+    obs = _obs_batch(checkpoint_config(run.checkpoint).env)
+    assert np.array_equal(_greedy_actions(QValueEnsemble([module, module]), obs), _greedy_actions(module, obs))
+
+
+def test_ensemble_bench_measures_ensembles_and_members_on_the_same_users(run) -> None:
+    bench = [sys.executable, str(ROOT / "bench" / "ensembles.py")]
+    first = str(run.run_dir / "checkpoints" / "iter_000001")
+    proc = subprocess.run([*bench, "--agent", str(run.run_dir), first, "--episodes", "4"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "members alone" in out and out.count("  0+0  ") == 2, out  # two member rows of ensemble 0+0
+    assert "ensembles: 1 ensemble of 2 run(s), each on 4 held-out users" in out, out
+    for args, message in (([str(run.run_dir)], "1 runs do not split into ensembles of --size 2"),
+                          ([str(run.run_dir), first, "--one-step", str(run.run_dir), first],
+                           "every run there must have dqn.gamma 0"),
+                          ([str(run.run_dir / "missing"), first], "no such checkpoint or run directory")):
+        bad = subprocess.run([*bench, "--agent", *args], capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr
+
+
 def test_restore_reproduces_identical_q_values(run) -> None:
     """The learner's module, restored into a fresh Algorithm and loaded alone, gives identical Q."""
     from rllib_rec.agent.algo import build_algo_config

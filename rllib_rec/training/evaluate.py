@@ -20,7 +20,8 @@ from rllib_rec.training.checkpoints import (
     resolve_checkpoint,
 )
 
-__all__ = ["evaluate_module", "evaluation_table", "evaluate_checkpoint", "learner_greedy_return", "GREEDY_NAME"]
+__all__ = ["evaluate_module", "evaluation_table", "evaluate_checkpoint", "learner_greedy_return", "GREEDY_NAME",
+           "QValueEnsemble"]
 
 GREEDY_NAME = "agent (greedy)"
 
@@ -32,6 +33,26 @@ def _greedy_actions(module: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
     with torch.no_grad():
         out = module.forward_inference({Columns.OBS: {k: torch.from_numpy(v) for k, v in obs.items()}})
     return out[Columns.ACTIONS].cpu().numpy()
+
+
+class QValueEnsemble:
+    """A greedy policy over the mean Q-values of several modules of one shop (runs of different training seeds,
+    or a run's checkpoints): what `evaluate_module` plays like a single module."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        self.modules = modules
+
+    def forward_inference(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
+        from ray.rllib.core.columns import Columns
+
+        from rllib_rec.agent.module import masked_epsilon_greedy
+
+        with torch.no_grad():
+            q = torch.stack([m.compute_q_values(batch)[QF_PREDS] for m in self.modules]).mean(0)  # [B, K]
+            actions, _ = masked_epsilon_greedy(q, batch[Columns.OBS]["candidate_mask"], 0.0)
+        return {Columns.ACTIONS: actions}
 
 
 def evaluate_module(
