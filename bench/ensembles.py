@@ -104,8 +104,8 @@ def main() -> None:
     print("members alone, on the same users:")
     print(format_table(["seed", "gamma", "return", "% planning", "ensemble", "checkpoint"], member_rows))
     print(f"ensembles of {args.size} (mean Q-values of the members), on the same users:")
-    print("\n".join(report("ensembles", configs[0], runs, base, args.episodes, args.eval_seed,
-                           unit=f"ensemble of {args.size} run")))
+    print("\n".join(report(f"ensembles of {args.size}", configs[0], runs, base, args.episodes, args.eval_seed,
+                           unit="ensemble")))
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def test_ensemble_bench_measures_ensembles_and_members_on_the_same_users(run) ->
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "members alone" in out and out.count("  0+0  ") == 2, out  # two member rows of ensemble 0+0
-    assert "ensembles: 1 ensemble of 2 run(s), each on 4 held-out users" in out, out
+    assert "ensembles of 2: 1 ensemble(s), each on 4 held-out users" in out, out
     for args, message in (([str(run.run_dir)], "1 runs do not split into ensembles of --size 2"),
                           ([str(run.run_dir), first, "--one-step", str(run.run_dir), first],
                            "every run there must have dqn.gamma 0"),
