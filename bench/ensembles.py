@@ -82,7 +82,7 @@ def main() -> None:
     configs = [checkpoint_config(c) for g in agents + one_steps for c in g]
     if any(c.env != configs[0].env for c in configs):
         ap.error("the runs were trained on different shops (env sections differ); give runs of one config")
-    if one_steps and any(c.dqn.gamma != 0 for g in one_steps for c in map(checkpoint_config, g)):
+    if any(c.dqn.gamma != 0 for c in configs[len(args.agent):]):
         ap.error("--one-step: every run there must have dqn.gamma 0")
 
     env_cfg = configs[0].env

@@ -26,12 +26,13 @@ Settings come from ``config.learner_config_dict`` (see `DEFAULT_LEARNER_SETTINGS
     use_per (bool, True), use_ips (bool, False), ips_clip (float, 10.0), normalize ("mean" | "none"),
     reward_loss_weight (float, 0.0).
 
+To disable PER sampling itself (not just its weights) use a uniform buffer (`UNIFORM_BUFFER`) or
+``alpha=0``.
+
 Auxiliary reward loss: with ``reward_loss_weight`` > 0 (and a module built with a reward head) the loss adds
 ``weight * mean((reward_pred[a] - r)^2)`` over the batch, unweighted: the reward head's prediction for the
 recommended slot against the batch's reward (the n-step discounted sum when n_step > 1). Its gradient reaches
 the shared encoder; the TD loss and the priority updates are untouched.
-To disable PER sampling itself (not just its weights) use a uniform buffer (`UNIFORM_BUFFER`) or
-``alpha=0``.
 """
 
 from __future__ import annotations
