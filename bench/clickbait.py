@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.console import configure
 
 use_torch_keras_backend()
 
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=1000, help="held-out episodes (default 1000)")
     ap.add_argument("--seed", type=int, default=3_000_000, help="first episode seed (default 3000000)")
     args = ap.parse_args()
+    configure(show_all=False)  # the tables only: RLlib's deprecation notices are hidden, as in the CLI
 
     try:
         ckpts = [resolve_checkpoint(c) for c in args.checkpoints]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.console import configure
 
 use_torch_keras_backend()
 
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10_000, help="held-out users (default 10,000)")
     ap.add_argument("--eval-seed", type=int, default=7_000_000, help="first held-out user seed (default 7,000,000)")
     args = ap.parse_args()
+    configure(show_all=False)  # the tables only: RLlib's deprecation notices are hidden, as in the CLI
     if args.size < 1:
         ap.error(f"--size {args.size}: give 1 or more")
     agents = _groups(ap, args.agent, args.size, "--agent")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rllib_rec.agent.runtime import use_torch_keras_backend
+from rllib_rec.console import configure
 
 use_torch_keras_backend()
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10_000, help="held-out episodes (default 10000)")
     ap.add_argument("--seed", type=int, default=7_000_000, help="first episode seed (default 7000000)")
     args = ap.parse_args()
+    configure(show_all=False)  # the tables only: RLlib's deprecation notices are hidden, as in the CLI
 
     ckpts = complete_checkpoints(args.run_dir) if args.run_dir.is_dir() else []
     if not ckpts:

@@ -112,6 +112,7 @@ def test_snapshot_bench_combines_the_last_checkpoints(run) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "snapshots.py"), str(run.run_dir), "--last", "2",
                            "--episodes", "4"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Deprecat" not in proc.stderr, proc.stderr[-2000:]  # RLlib's notices on loading a module are hidden
     rows = [line.split()[0] for line in proc.stdout.splitlines()]
     assert rows[2:5] == ["last", "weights", "Q-values"], proc.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "snapshots.py"), str(run.run_dir), "--last", "3"],
@@ -133,6 +134,7 @@ def test_ensemble_bench_measures_ensembles_and_members_on_the_same_users(run) ->
     proc = subprocess.run([*bench, "--agent", str(run.run_dir), first, "--episodes", "4"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Deprecat" not in proc.stderr, proc.stderr[-2000:]
     out = proc.stdout
     assert "members alone" in out and out.count("  0+0  ") == 2, out  # two member rows of ensemble 0+0
     assert "ensembles of 2: 1 ensemble(s), each on 4 held-out users" in out, out
