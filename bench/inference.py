@@ -101,9 +101,9 @@ def tflite_fn_factory(path: Path):
 
 # --------------------------------------------------------------------------------------------- torch
 def torch_fn_factory(module: Any):
-    from rllib_rec.deploy.export import _module_q_fn
+    from rllib_rec.deploy.export import _mean_q_fn
 
-    q = _module_q_fn(module)
+    q = _mean_q_fn([module])
     return lambda b: q
 
 

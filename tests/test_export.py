@@ -14,6 +14,7 @@ import pathlib
 import mlflow
 import numpy as np
 import pytest
+from conftest import EXPORT_TRAIN_OVERRIDES, ROOT
 
 from rllib_rec.cli import main
 from rllib_rec.deploy.export import (
@@ -58,11 +59,11 @@ def test_quantised_exports_report_top1(exported, mode, quantised_type) -> None:
 def test_tflite_has_builtin_ops_only_and_runs_in_litert(exported, trained_debug) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from rllib_rec.deploy.export import _module_q_fn, sample_observations
+    from rllib_rec.deploy.export import _mean_q_fn, sample_observations
     from rllib_rec.training.checkpoints import load_module
 
     cfg = checkpoint_config(trained_debug.checkpoint)
-    obs, q_ref = sample_observations(cfg.env, 20, _module_q_fn(load_module(trained_debug.checkpoint)), seed=7)
+    obs, q_ref = sample_observations(cfg.env, 20, _mean_q_fn([load_module(trained_debug.checkpoint)]), seed=7)
     for mode, name in MODES_FILES.items():
         blob = (exported / name).read_bytes()
         ops = tflite_ops(blob)
@@ -236,3 +237,70 @@ def test_re_exporting_a_checkpoint_reuses_its_model_version(exported, trained_de
     assert f"registered rllib-rec-debug/{float_version} (none; already registered" in out
     assert (out + err).count("registered rllib-rec-debug") == 1
     assert (tmp_path / "again" / "model.tflite").read_bytes() == (exported / "model.tflite").read_bytes()
+
+
+def test_several_checkpoints_export_as_one_model_over_their_mean_q(trained_debug, tmp_path, capsys) -> None:
+    """An ensemble export: runs of one config on different training seeds become one TFLite model whose
+    Q-values are the mean of the members' (not either member's), with both members in the sidecar, logged as
+    an export run of its own and registered under the members' names."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from rllib_rec.deploy.export import _mean_q_fn, sample_observations
+    from rllib_rec.training.checkpoints import load_module
+    from rllib_rec.training.train import train
+
+    other = train(str(ROOT / "configs" / "debug.yaml"),
+                  [f"run.output_dir={tmp_path / 'runs'}", "run.seed=2", *EXPORT_TRAIN_OVERRIDES], log=lambda s: None)
+    members = [trained_debug.checkpoint, other.checkpoint]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ensemble"
+    rc = main(["export", "--checkpoint", *map(str, members), "--out", str(out), "--tracking-uri", uri])
+    assert rc == 0, capsys.readouterr().err
+    side = json.loads((out / "model.json").read_text())
+    assert [m["checkpoint"] for m in side["members"]] == [str(c) for c in members]
+    assert [m["training_seed"] for m in side["members"]] == [checkpoint_config(c).run.seed for c in members]
+    assert side["parity"]["passed"] and side["parity"]["reference"].startswith("mean of the members'")
+
+    modules = [load_module(c) for c in members]
+    obs, _ = sample_observations(checkpoint_config(members[0]).env, 50, None, seed=11)
+    q_members = [_mean_q_fn([m])(obs) for m in modules]
+    runner = Interpreter(model_content=(out / "model.tflite").read_bytes(), num_threads=1).get_signature_runner(
+        "serving_default")
+    q = runner(**obs)["output_0"]
+    cand = obs["candidate_mask"] > 0
+    assert np.abs(q - (q_members[0] + q_members[1]) / 2)[cand].max() <= 1e-4
+    assert all(np.abs(q - qm)[cand].max() > 1e-3 for qm in q_members)  # neither member alone
+    assert np.all(q[~cand] <= -1e4)
+
+    client = mlflow.MlflowClient(uri)
+    [version] = client.search_model_versions("name='rllib-rec-debug'")
+    assert version.tags["checkpoint"] == " + ".join(map(str, members))
+    assert client.get_run(version.run_id).info.run_name == "export-debug-ensemble"
+
+
+@pytest.mark.hostile("CLI", rows=[("`export --checkpoint A A` (one checkpoint named twice)",
+                                  "one line: given twice; nothing written")])
+def test_an_ensemble_of_one_checkpoint_twice_is_refused(trained_debug, tmp_path, capsys) -> None:
+    ckpt = str(trained_debug.checkpoint)
+    rc = main(["export", "--checkpoint", ckpt, ckpt, "--out", str(tmp_path / "twice"), "--no-mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is given twice" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "twice").exists()
+
+
+def test_ensemble_members_must_be_one_network_for_one_shop() -> None:
+    from types import SimpleNamespace
+
+    from rllib_rec.deploy.export import _check_members
+
+    def member(embed_dim: int, preset: str) -> tuple[SimpleNamespace, SimpleNamespace]:
+        module = SimpleNamespace(spec=SimpleNamespace(to_dict=lambda: {"embed_dim": embed_dim, "n_items": 10}))
+        return module, SimpleNamespace(env=SimpleNamespace(preset=preset))
+
+    ckpts = [pathlib.Path("a"), pathlib.Path("b")]
+    (m0, c0), (m1, c1), (m2, c2) = member(32, "default"), member(16, "default"), member(32, "large")
+    _check_members(ckpts, [m0, m0], [c0, c0])
+    with pytest.raises(ExportError, match=r"--checkpoint b: not the same network and shop as a \(differs in embed_dim\)"):
+        _check_members(ckpts, [m0, m1], [c0, c1])
+    with pytest.raises(ExportError, match=r"differs in env\)"):
+        _check_members(ckpts, [m0, m2], [c0, c2])

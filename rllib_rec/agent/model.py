@@ -24,7 +24,7 @@ with history ids ([B, K, T]).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -295,6 +295,14 @@ def build_q_model(spec: QNetSpec, name: str = "q_net") -> keras.Model:
     """Builds the Transformer Q-network over K candidates as a Keras functional model with dict inputs."""
     inputs, q, _ = _q_graph(spec)
     return keras.Model(inputs=inputs, outputs=q, name=name)
+
+
+def build_mean_q_model(members: Sequence[keras.Model], name: str = "q_net") -> keras.Model:
+    """One model over the same inputs whose output is the mean of ``members``' Q-values [B, K] (Q-networks
+    of one spec, e.g. runs on different training seeds): an ensemble that serves like a single network.
+    Masked slots stay at MASKED_Q, the mean of equal values."""
+    inputs = {t.name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in members[0].inputs}
+    return keras.Model(inputs=inputs, outputs=layers.Average()([m(inputs) for m in members]), name=name)
 
 
 def build_q_and_reward_models(spec: QNetSpec, name: str = "q_net") -> tuple[keras.Model, keras.Model]:

@@ -29,14 +29,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "convert it with TFLite builtin ops only and check it against the checkpoint on --samples simulator "
         "observations (float: max |dQ| <= 1e-4 and 100% top-1 agreement; fp16 / dynamic-int8: a tolerance "
         "relative to the Q scale and >= 99% top-1). A model that fails is not written; existing files are "
-        "never overwritten.",
+        "never overwritten. Several --checkpoint paths (runs of one config on different training seeds) export "
+        "as one model acting on the mean of their Q-values: an ensemble, served like a single network.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="checkpoint directory, or a run directory (its latest)")
+    src.add_argument("--checkpoint", nargs="+", metavar="PATH",
+                     help="checkpoint directory, or a run directory (its selected, else latest, checkpoint); "
+                     "several: one ensemble model over their mean Q-values")
     src.add_argument("--best", metavar="BEST_JSON", help='JSON file {"checkpoint": PATH, ...} (written by a sweep)')
     p.add_argument("--quantize", nargs="+", default=["none"], metavar="MODE",
                    help="none (float32, default), fp16, dynamic-int8; several modes export several files")
-    p.add_argument("--out", help="output directory (default: <run>/exports/<checkpoint name>)")
+    p.add_argument("--out", help="output directory (default: <run>/exports/<checkpoint name>; an ensemble: "
+                   "<first run>/exports/ensemble-<N>-<digest of its members>)")
     p.add_argument("--samples", type=int, default=1000, help="simulator observations for the parity check "
                    "(>= 1000, default 1000)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the run's "

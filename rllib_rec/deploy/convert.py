@@ -40,18 +40,8 @@ def _convert_main(work: Path) -> None:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from rllib_rec.agent.model import build_q_model, load_q_model_weights
-    from rllib_rec.agent.spec import QNetSpec
-
     job = json.loads((work / "job.json").read_text())
-    # The per-item tables come with the weights, so the catalog need not be rebuilt here.
-    model = build_q_model(QNetSpec.from_dict({**job["spec"], "catalog": None}), name="q_net")
-    with np.load(work / "weights.npz") as z:
-        weights = {p: z[f"w{i}"] for i, p in enumerate(job["weight_paths"])}
-    try:
-        load_q_model_weights(model, weights)
-    except (KeyError, ValueError) as e:
-        raise RuntimeError(f"checkpoint weights do not fit the model built from its recorded config: {e}") from None
+    model = _rebuild(job, work / "weights.npz")
     saved = work / "saved_model"
     model.export(str(saved), format="tf_saved_model", verbose=False)
 
@@ -93,6 +83,27 @@ def _convert_main(work: Path) -> None:
                           "supported_types": ["float16"] if mode == "fp16" else []},
         }
     (work / "result.json").write_text(json.dumps(out))
+
+def _rebuild(job: dict[str, Any], weights_file: Path) -> Any:
+    """The job's network(s) with their weights loaded; several become one model over their mean Q-values."""
+    from rllib_rec.agent.model import build_mean_q_model, build_q_model, load_q_model_weights
+    from rllib_rec.agent.spec import QNetSpec
+
+    # The per-item tables come with the weights, so the catalog need not be rebuilt here.
+    spec = QNetSpec.from_dict({**job["spec"], "catalog": None})
+    n_members = int(job.get("members", 1))
+    members = []
+    with np.load(weights_file) as z:
+        for k in range(n_members):
+            model = build_q_model(spec, name="q_net" if n_members == 1 else f"q_net_{k}")
+            try:
+                load_q_model_weights(model, {p: z[f"m{k}_w{i}"] for i, p in enumerate(job["weight_paths"])})
+            except (KeyError, ValueError) as e:
+                raise RuntimeError(f"checkpoint weights do not fit the model built from its recorded config: {e}"
+                                   ) from None
+            members.append(model)
+    return members[0] if n_members == 1 else build_mean_q_model(members)
+
 
 def _io_details(details: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """{signature name: {tensor, shape, dtype}} from a signature runner. The tensors' order is not the

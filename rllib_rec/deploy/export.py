@@ -1,5 +1,8 @@
 """``rllib-rec export``: checkpoint -> verified TFLite model (+ JSON sidecar), logged and registered in MLflow.
 
+Several checkpoints (runs of one network and shop on different training seeds) export as one model that acts
+on the mean of their Q-values: an ensemble, served like a single network.
+
 Two processes, because Keras freezes its backend at first import and the CLI/training side runs Keras on
 torch:
 
@@ -56,6 +59,7 @@ __all__ = [
     "export_checkpoint",
     "model_filename",
     "resolve_source",
+    "resolve_sources",
     "sample_observations",
     "tflite_ops",
 ]
@@ -92,13 +96,23 @@ TOLERANCES: dict[str, Tolerance] = {
 
 @dataclass
 class ExportResult:
-    checkpoint: Path
+    checkpoint: Path  # the first member's, for an ensemble
     out_dir: Path
     files: dict[str, Path]  # mode -> .tflite path (its sidecar is the same path with .json)
     parity: dict[str, dict[str, Any]]
     registered: dict[str, str] = field(default_factory=dict)  # mode -> "name/version"
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    members: list[Path] = field(default_factory=list)  # every checkpoint exported (one, or an ensemble's)
+
+    @property
+    def source(self) -> str:
+        """The exported checkpoint, or an ensemble's members joined by " + "."""
+        return source_label(self.members or [self.checkpoint])
+
+
+def source_label(ckpts: Sequence[Path]) -> str:
+    return " + ".join(str(c) for c in ckpts)
 
 
 def model_filename(mode: str) -> str:
@@ -117,13 +131,38 @@ def resolve_source(checkpoint: str | None = None, best: str | None = None) -> Pa
     return resolve_checkpoint(checkpoint_named_by(Path(best).expanduser(), ExportError))
 
 
+def resolve_sources(checkpoints: str | Sequence[str] | None = None, best: str | None = None) -> list[Path]:
+    """The checkpoints to export: one (``--checkpoint`` or ``--best``), or several for an ensemble; the
+    same checkpoint named twice is refused (an ensemble of one network with itself is that network)."""
+    if isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    if checkpoints is not None and not checkpoints:
+        raise ExportError("--checkpoint: give at least one checkpoint or run directory")
+    if checkpoints is None or len(checkpoints) == 1:
+        return [resolve_source(checkpoints[0] if checkpoints else None, best)]
+    if best is not None:
+        raise ExportError("give exactly one of --checkpoint PATH or --best best.json")
+    ckpts = [resolve_checkpoint(c) for c in checkpoints]
+    for i, c in enumerate(ckpts):
+        if c in ckpts[:i]:
+            raise ExportError(f"--checkpoint {checkpoints[i]}: checkpoint {c} is given twice")
+    return ckpts
+
+
 def _run_dir(ckpt: Path) -> Path | None:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
 
 
-def _default_out(ckpt: Path) -> Path:
+def _default_out(ckpts: Sequence[Path]) -> Path:
+    """``<run>/exports/<checkpoint name>``; an ensemble's goes beside its first member's exports, named by
+    a digest of its members."""
+    ckpt = ckpts[0]
     run_dir = _run_dir(ckpt)
-    return (run_dir / "exports" / ckpt.name) if run_dir else (ckpt.parent / "exports" / ckpt.name)
+    exports = (run_dir or ckpt.parent) / "exports"
+    if len(ckpts) == 1:
+        return exports / ckpt.name
+    digest = hashlib.sha256("\n".join(sorted(str(c) for c in ckpts)).encode()).hexdigest()[:8]
+    return exports / f"ensemble-{len(ckpts)}-{digest}"
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -178,18 +217,32 @@ def _module_weights(module: Any) -> dict[str, np.ndarray]:
     return q_model_weights(module.qnet)
 
 
-def _module_q_fn(module: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def _mean_q_fn(modules: Sequence[Any]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The modules' Q-values, averaged (one module: its own). Masked slots stay MASKED_Q in the mean."""
     import torch
     from ray.rllib.algorithms.dqn.default_dqn_rl_module import QF_PREDS
     from ray.rllib.core.columns import Columns
 
     def q_fn(batch: dict[str, np.ndarray]) -> np.ndarray:
+        obs = {Columns.OBS: {k: torch.from_numpy(v) for k, v in batch.items()}}
         with torch.no_grad():
-            out = module.compute_q_values({Columns.OBS: {k: torch.from_numpy(v) for k, v in batch.items()}})
-        return out[QF_PREDS].cpu().numpy().astype(np.float32)
+            q = torch.stack([m.compute_q_values(obs)[QF_PREDS] for m in modules]).mean(0)
+        return q.cpu().numpy().astype(np.float32)
 
     return q_fn
 
+
+def _check_members(ckpts: Sequence[Path], modules: Sequence[Any], configs: Sequence[Any]) -> None:
+    """An ensemble's members must be one network (the same spec, so one signature) for one shop."""
+    spec, env = modules[0].spec.to_dict(), configs[0].env
+    for ckpt, module, cfg in zip(ckpts[1:], modules[1:], configs[1:], strict=True):
+        other = module.spec.to_dict()
+        differs = sorted(k for k in spec.keys() | other.keys() if spec.get(k) != other.get(k))
+        if cfg.env != env:
+            differs.append("env")
+        if differs:
+            raise ExportError(f"--checkpoint {ckpt}: not the same network and shop as {ckpts[0]} "
+                              f"(differs in {', '.join(differs)}); an ensemble's members are one network for one shop")
 
 # --------------------------------------------------------------------------------------------- gate
 def check_gate(parity: dict[str, Any], mode: str) -> str | None:
@@ -223,25 +276,29 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export, verify, write and (with ``track``) log + register one model per quantisation mode.
 
-    All modes pass the gate or nothing is written. Raises ``RllibRecError``s with one-line messages."""
+    ``checkpoint`` is one checkpoint (or run directory), or several: one model then acts on the mean of their
+    Q-values (an ensemble of runs of one config). All modes pass the gate or nothing is written. Raises
+    ``RllibRecError``s with one-line messages."""
     modes = _check_modes(quantize, samples)
-    ckpt = resolve_source(checkpoint, best)
-    cfg, meta = checkpoint_config(ckpt), checkpoint_meta(ckpt)
-    out_dir = Path(out).expanduser().resolve() if out else _default_out(ckpt)
+    ckpts = resolve_sources(checkpoint, best)
+    configs = [checkpoint_config(c) for c in ckpts]
+    cfg, meta = configs[0], checkpoint_meta(ckpts[0])
+    out_dir = Path(out).expanduser().resolve() if out else _default_out(ckpts)
     targets = _targets(out_dir, modes)
     # Tracking first: fail in seconds, before any conversion work, if the store is unusable.
-    uri, experiment_id = _connect_tracking(ckpt, cfg, out_dir, tracking_uri) if track else (None, None)
+    uri, experiment_id = _connect_tracking(ckpts[0], cfg, out_dir, tracking_uri) if track else (None, None)
 
     # Progress: three stages (the conversion, a TensorFlow child process, is most of the time).
     with progress(3, "export", unit="stage") as bar, ticking(bar):
         bar.set_postfix_str("restoring the checkpoint, reference Q-values", refresh=False)
         t0 = time.perf_counter()
-        module = load_module(ckpt)
+        modules = [load_module(c) for c in ckpts]
+        _check_members(ckpts, modules, configs)
         set_torch_threads(1)  # a 2-thread forward of this small net is ~100x slower on a busy 2-core box
-        weights = _module_weights(module)
-        obs, q_ref = sample_observations(cfg.env, samples, _module_q_fn(module))
-        log(f"checkpoint {ckpt}: {len(weights)} weight tensors, {samples} reference observations "
-            f"({time.perf_counter() - t0:.1f}s)")
+        weights = [_module_weights(m) for m in modules]
+        obs, q_ref = sample_observations(cfg.env, samples, _mean_q_fn(modules))
+        log(f"checkpoint {source_label(ckpts)}: {sum(map(len, weights))} weight tensors, {samples} reference "
+            f"observations ({time.perf_counter() - t0:.1f}s)")
         bar.update(1)
 
         created_out = not out_dir.exists()
@@ -252,18 +309,19 @@ def export_checkpoint(
             # The checkpoint's own network spec, as it was trained, is what the converter rebuilds.
             names = ", ".join("float32" if m == "none" else m for m in modes)
             bar.set_postfix_str(f"converting {names} (TensorFlow child process), parity", refresh=False)
-            result = _convert(work, module.spec.to_dict(), weights, obs, q_ref, modes, log)
-            _gate(result, modes, ckpt)
+            result = _convert(work, modules[0].spec.to_dict(), weights, obs, q_ref, modes, log)
+            _gate(result, modes, source_label(ckpts))
             bar.update(1)
             bar.set_postfix_str("writing" + (", MLflow" if track else ""), refresh=False)
-            _write_files(work, targets, result, ckpt, cfg, meta, samples)
+            _write_files(work, targets, result, ckpts, cfg, samples)
             ok = True
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if not ok and created_out and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # a failed export leaves no trace, not even the directory it would have made
 
-        res = ExportResult(ckpt, out_dir, targets, {m: result["modes"][m]["parity"] for m in modes})
+        res = ExportResult(ckpts[0], out_dir, targets, {m: result["modes"][m]["parity"] for m in modes},
+                           members=list(ckpts))
         if track:
             _track(res, cfg, meta, uri, experiment_id, log)
         bar.update(1)
@@ -303,13 +361,16 @@ def _connect_tracking(ckpt: Path, cfg: Any, out_dir: Path, tracking_uri: str | N
     return uri, connect(uri, cfg.run.experiment, store_dir)
 
 
-def _convert(work: Path, spec: dict[str, Any], weights: dict[str, np.ndarray], obs: dict[str, np.ndarray],
+def _convert(work: Path, spec: dict[str, Any], weights: Sequence[dict[str, np.ndarray]], obs: dict[str, np.ndarray],
              q_ref: np.ndarray, modes: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
-    """Run the TensorFlow-side converter (``rllib_rec.deploy.convert``) on a job in ``work``."""
-    paths = sorted(weights)
-    np.savez(work / "weights.npz", **{f"w{i}": weights[p] for i, p in enumerate(paths)})
+    """Run the TensorFlow-side converter (``rllib_rec.deploy.convert``) on a job in ``work``: one network per
+    entry of ``weights`` (each {variable path: array}), averaged when there are several."""
+    paths = sorted(weights[0])
+    np.savez(work / "weights.npz", **{f"m{k}_w{i}": member[p] for k, member in enumerate(weights)
+                                      for i, p in enumerate(paths)})
     np.savez(work / "samples.npz", q_ref=q_ref, **obs)
-    (work / "job.json").write_text(json.dumps({"spec": spec, "weight_paths": paths, "modes": list(modes)}))
+    (work / "job.json").write_text(json.dumps({"spec": spec, "weight_paths": paths, "members": len(weights),
+                                               "modes": list(modes)}))
     t1 = time.perf_counter()
     _run_converter(work)
     result = json.loads((work / "result.json").read_text())
@@ -320,7 +381,7 @@ def _convert(work: Path, spec: dict[str, Any], weights: dict[str, np.ndarray], o
     return result
 
 
-def _gate(result: dict[str, Any], modes: Sequence[str], ckpt: Path) -> None:
+def _gate(result: dict[str, Any], modes: Sequence[str], source: str) -> None:
     """Every mode's parity figures against its tolerance (recorded in the figures); ExportError if any fails."""
     failures = []
     for m in modes:
@@ -335,16 +396,16 @@ def _gate(result: dict[str, Any], modes: Sequence[str], ckpt: Path) -> None:
         if why:
             failures.append(f"{m}: {why}")
     if failures:
-        raise ExportError(f"parity gate failed for {ckpt} ({'; '.join(failures)}); nothing written")
+        raise ExportError(f"parity gate failed for {source} ({'; '.join(failures)}); nothing written")
 
 
-def _write_files(work: Path, targets: dict[str, Path], result: dict[str, Any], ckpt: Path, cfg: Any,
-                 meta: dict[str, Any], samples: int) -> None:
+def _write_files(work: Path, targets: dict[str, Path], result: dict[str, Any], ckpts: Sequence[Path], cfg: Any,
+                 samples: int) -> None:
     """Each model and its sidecar, hard-linked into place: all of them, or (on a clash) none."""
     written: list[Path] = []
     try:
         for m, target in targets.items():
-            sidecar = _sidecar(m, target.name, result, ckpt, cfg, meta, EVENT_NAMES, samples)
+            sidecar = _sidecar(m, target.name, result, ckpts, cfg, EVENT_NAMES, samples)
             tmp_json = work / f"{_FILE_STEMS[m]}.json"
             tmp_json.write_text(json.dumps(sidecar, indent=2) + "\n")
             for src, dst in ((work / f"{m}.tflite", target), (tmp_json, target.with_suffix(".json"))):
@@ -356,10 +417,18 @@ def _write_files(work: Path, targets: dict[str, Path], result: dict[str, Any], c
         raise ExportError(f"{e.filename}: already exists; refusing to overwrite an export") from None
 
 
-def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: Any, meta: dict[str, Any],
+def _member(ckpt: Path) -> dict[str, Any]:
+    meta = checkpoint_meta(ckpt)
+    return {"checkpoint": str(ckpt), "iteration": meta.get("iteration"), "mlflow_run_id": meta.get("mlflow_run_id"),
+            "config_hash": meta.get("config_hash"), "training_seed": checkpoint_config(ckpt).run.seed}
+
+
+def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpts: Sequence[Path], cfg: Any,
              event_names: Sequence[str], samples: int) -> dict[str, Any]:
     r = result["modes"][mode]
     spec = result["spec"]
+    members = [_member(c) for c in ckpts]
+    reference = "RLModule.compute_q_values (torch)"
     return {
         "format": SIDECAR_FORMAT,
         "model_file": filename,
@@ -380,12 +449,15 @@ def _sidecar(mode: str, filename: str, result: dict[str, Any], ckpt: Path, cfg: 
         "model_spec": spec,
         "config_name": cfg.name,
         "config_hash": cfg.config_hash(),
-        "source_config_hash": meta.get("config_hash"),
+        "source_config_hash": members[0]["config_hash"],
         "env_preset": cfg.env.preset,
-        "source_checkpoint": str(ckpt),
-        "source_iteration": meta.get("iteration"),
-        "source_mlflow_run_id": meta.get("mlflow_run_id"),
-        "parity": {**r["parity"], "samples": samples, "reference": "RLModule.compute_q_values (torch)",
+        "source_checkpoint": source_label(ckpts),
+        "source_iteration": members[0]["iteration"],
+        "source_mlflow_run_id": members[0]["mlflow_run_id"],
+        # One entry per network; with several the model's output is the mean of their Q-values.
+        "members": members,
+        "parity": {**r["parity"], "samples": samples,
+                   "reference": reference if len(ckpts) == 1 else f"mean of the members' {reference}",
                    "policy": "epsilon-greedy (0.5) over the checkpoint's Q-values"},
         "ops": r["ops"],
         "tensor_types": r["tensor_types"],
@@ -417,16 +489,17 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
     import mlflow
 
     client = mlflow.MlflowClient(uri)
+    ensemble = len(res.members) > 1
     try:
-        run_id = meta.get("mlflow_run_id")
+        run_id = None if ensemble else meta.get("mlflow_run_id")  # an ensemble gets a run of its own
         if run_id:
             try:
                 client.get_run(run_id)
             except Exception:  # noqa: BLE001 — not in this store (e.g. another tracking URI)
                 run_id = None
         if not run_id:
-            run_id = client.create_run(experiment_id, run_name=f"export-{cfg.name}",
-                                       tags={"source_checkpoint": str(res.checkpoint)}).info.run_id
+            run_id = client.create_run(experiment_id, run_name=f"export-{cfg.name}{'-ensemble' if ensemble else ''}",
+                                       tags={"source_checkpoint": res.source}).info.run_id
             client.set_terminated(run_id)
         name = f"rllib-rec-{cfg.name}"
         try:
@@ -434,7 +507,7 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
         except Exception:  # noqa: BLE001 — does not exist yet
             client.create_registered_model(name, description="rllib-rec Transformer-DQN Q-network, TFLite")
         for mode, path in res.files.items():
-            artifact_path = f"tflite/{res.checkpoint.name}/{mode}"
+            artifact_path = f"tflite/{res.out_dir.name if ensemble else res.checkpoint.name}/{mode}"
             client.log_artifact(run_id, str(path), artifact_path)
             client.log_artifact(run_id, str(path.with_suffix(".json")), artifact_path)
             p = res.parity[mode]
@@ -443,14 +516,14 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
                 client.log_metric(run_id, f"{prefix}_{key}", float(p[key]))
             client.set_tag(run_id, f"{prefix}_path", str(path))
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
-            same = _registered_version(client, name, mode, res.checkpoint, sha)
+            same = _registered_version(client, name, mode, res.source, sha)
             if same is not None:  # the same checkpoint exported again to the same bytes: one model version
                 res.registered[mode] = f"{name}/{same} (already registered: same checkpoint and file SHA-256)"
                 continue
             mv = client.create_model_version(
                 name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
                 tags={"quantization": mode, "file": path.name, "config_hash": cfg.config_hash(),
-                      "checkpoint": str(res.checkpoint), "sha256": sha, "max_abs_diff": f"{p['max_abs_diff']:.3g}",
+                      "checkpoint": res.source, "sha256": sha, "max_abs_diff": f"{p['max_abs_diff']:.3g}",
                       "top1_agreement": f"{p['top1_agreement']:.4f}"},
             )
             res.registered[mode] = f"{name}/{mv.version}"
@@ -462,11 +535,12 @@ def _track(res: ExportResult, cfg: Any, meta: dict[str, Any], uri: str, experime
     log(f"logged to MLflow run {run_id} at {redact(uri)}")  # the versions are in the summary lines
 
 
-def _registered_version(client: Any, name: str, mode: str, checkpoint: Path, sha256: str) -> str | None:
-    """The version of model ``name`` already registered for this checkpoint, mode and file digest, if any."""
+def _registered_version(client: Any, name: str, mode: str, source: str, sha256: str) -> str | None:
+    """The version of model ``name`` already registered for this checkpoint (or ensemble's members), mode and
+    file digest, if any."""
     for v in client.search_model_versions(f"name='{name}'"):
         tags = v.tags or {}
-        if (tags.get("checkpoint"), tags.get("quantization"), tags.get("sha256")) == (str(checkpoint), mode, sha256):
+        if (tags.get("checkpoint"), tags.get("quantization"), tags.get("sha256")) == (source, mode, sha256):
             return str(v.version)
     return None
 
