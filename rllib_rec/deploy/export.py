@@ -244,6 +244,7 @@ def _check_members(ckpts: Sequence[Path], modules: Sequence[Any], configs: Seque
             raise ExportError(f"--checkpoint {ckpt}: not the same network and shop as {ckpts[0]} "
                               f"(differs in {', '.join(differs)}); an ensemble's members are one network for one shop")
 
+
 # --------------------------------------------------------------------------------------------- gate
 def check_gate(parity: dict[str, Any], mode: str) -> str | None:
     """None if ``parity`` (figures from the converter child) passes ``mode``'s gate, else why not."""
@@ -265,7 +266,7 @@ def check_gate(parity: dict[str, Any], mode: str) -> str | None:
 
 
 def export_checkpoint(
-    checkpoint: str | None = None,
+    checkpoint: str | Sequence[str] | None = None,
     best: str | None = None,
     quantize: Sequence[str] = ("none",),
     out: str | None = None,
