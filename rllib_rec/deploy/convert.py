@@ -2,8 +2,8 @@
 
 ``python -m rllib_rec.deploy.convert --convert JOB_DIR`` reads the job the parent wrote (the network's spec,
 its weights by Keras variable path, reference observations and the checkpoint's Q-values), rebuilds the
-network from the spec, loads the weights (strictly: a wrong architecture fails), exports a SavedModel,
-converts it with ``TFLITE_BUILTINS`` only (no Flex: pip TensorFlow cannot run it) per quantisation mode, and
+network from the spec, loads the weights (strictly: a wrong architecture fails; an ensemble's members become
+one model over their mean Q-values), exports a SavedModel, converts it with ``TFLITE_BUILTINS`` only (no Flex: pip TensorFlow cannot run it) per quantisation mode, and
 runs every sample through ``ai_edge_litert`` at batch 1 (what ``serve`` does) and as one batch. The parity
 figures go to ``result.json``; the parent decides the gate. A separate process because Keras freezes its
 backend at first import and the parent runs Keras on torch: for the same reason Keras, TensorFlow and
