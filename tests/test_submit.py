@@ -121,6 +121,7 @@ def test_job_agent_not_up_is_one_line_after_retrying(tmp_path) -> None:
     (["tune", "--config", "configs/sweep.yaml", "--set", "sweep.storage_path=s3://b/sweeps"],
      "run.output_dir (its default MLflow store) 'runs' is relative"),
     (["export", "--checkpoint", "runs/debug-1"], "--checkpoint 'runs/debug-1' is relative"),
+    (["export", "--checkpoint", "/shared/runs/debug-1", "runs/debug-2"], "--checkpoint 'runs/debug-2' is relative"),
     (["collect", "--config", DEBUG, "--policy", "random", "--episodes", "5", "--out", "logs.parquet"],
      "--out 'logs.parquet' is relative"),
     (["demo"], "demo keeps its run"),

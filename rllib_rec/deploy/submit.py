@@ -106,8 +106,10 @@ def _excluded_by_package(rel: str, working_dir: Path) -> str | None:
 
 def _check_inputs(ns: Any, working_dir: Path) -> None:
     """An argument naming an existing file or directory of the working dir that the package leaves out."""
-    for key, value in sorted(vars(ns).items()):
-        if key in ("func", "command") or not isinstance(value, str) or not value or Path(value).is_absolute():
+    named = [(k, v) for k, vs in sorted(vars(ns).items()) if k not in ("func", "command")
+             for v in (vs if isinstance(vs, list) else [vs])]  # a list: e.g. an ensemble's --checkpoint paths
+    for key, value in named:
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
             continue
         if not (working_dir / value).exists() or Path(value).parts[:1] == ("..",):
             continue
@@ -174,9 +176,9 @@ def check_job_outputs(command: str, ns: Any, tracking_uri: str | None, working_d
                             _absolute("run.output_dir (its default MLflow store)", scfg.experiment.run.output_dir,
                                       out_fix + ", or --tracking-uri"))
     elif command == "export":
-        src = ns.checkpoint or ns.best
-        problems.append(_absolute("--checkpoint" if ns.checkpoint else "--best", src,
-                                  "give the absolute path the cluster wrote it to"))
+        for src in ns.checkpoint or [ns.best]:
+            problems.append(_absolute("--checkpoint" if ns.checkpoint else "--best", src,
+                                      "give the absolute path the cluster wrote it to"))
         problems.append(_absolute("--out", ns.out, "give an absolute path on shared storage"))
         if tracked:
             problems.append(_store_problem(uri))
