@@ -14,8 +14,6 @@ a click on a low-quality item drains patience and purchase intent, so a myopic p
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from envs.catalog import Catalog
@@ -131,7 +129,8 @@ class FunnelResponse:
         c = cat.category.item(item)  # .item(): a Python scalar without a numpy scalar in between
         match = user.interest.item(c) / user.interest_max
         if cfg.fatigue:
-            damp = math.exp(-user.fatigue.item(c))
+            # np.exp, not math.exp: numpy's SIMD exp (AVX-512) and libm's differ in the last bit on some CPUs.
+            damp = float(np.exp(-user.fatigue.item(c)))
             if t - user.last_shown.get(item, _NEVER) <= cfg.repeat_window:
                 damp = damp * cfg.repeat_penalty
         else:

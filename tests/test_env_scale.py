@@ -63,9 +63,9 @@ def test_scalar_and_vector_probabilities_agree_bit_for_bit() -> None:
     for seed in range(30):
         obs, _ = env.reset(seed=seed)
         for _ in range(8):
+            vec = env.response.probabilities(env.user, np.arange(env.n_items), env.t)  # as the oracles call it
             for item in range(env.n_items):
-                vec = [float(p[0]) for p in env.response.probabilities(env.user, np.array([item]), env.t)]
-                assert env.response.probabilities_of(env.user, item, env.t) == tuple(vec)
+                assert env.response.probabilities_of(env.user, item, env.t) == tuple(float(p[item]) for p in vec)
             slots = np.flatnonzero(obs["candidate_mask"])
             obs, _, term, trunc, _ = env.step(int(slots[rng.integers(len(slots))]))
             if term or trunc:
