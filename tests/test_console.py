@@ -67,6 +67,7 @@ def test_verbose_is_accepted_before_and_after_the_command() -> None:
     assert parser.parse_args(["--verbose", "show-config", "-c", DEBUG]).verbose is True
     assert parser.parse_args(["show-config", "-c", DEBUG, "--verbose"]).verbose is True
     assert parser.parse_args(["show-config", "-c", DEBUG]).verbose is False
+    assert parser.parse_args(["head", "status", "-v"]).verbose is True  # after a nested command too
 
 
 def test_learning_curve_draws_the_greedy_return_of_each_checkpoint(tmp_path) -> None:

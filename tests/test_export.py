@@ -246,6 +246,7 @@ def test_several_checkpoints_export_as_one_model_over_their_mean_q(trained_debug
     from ai_edge_litert.interpreter import Interpreter
 
     from rllib_rec.deploy.export import _mean_q_fn, sample_observations
+    from rllib_rec.deploy.serve import Recommender
     from rllib_rec.training.checkpoints import load_module
     from rllib_rec.training.train import train
 
@@ -271,6 +272,7 @@ def test_several_checkpoints_export_as_one_model_over_their_mean_q(trained_debug
     assert np.abs(q - (q_members[0] + q_members[1]) / 2)[cand].max() <= 1e-4
     assert all(np.abs(q - qm)[cand].max() > 1e-3 for qm in q_members)  # neither member alone
     assert np.all(q[~cand] <= -1e4)
+    assert Recommender(out / "model.tflite").info()["networks"] == 2  # what /health reports
 
     client = mlflow.MlflowClient(uri)
     [version] = client.search_model_versions("name='rllib-rec-debug'")

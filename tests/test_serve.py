@@ -53,7 +53,7 @@ def test_health_and_no_heavy_imports(server, exported) -> None:
     assert body["heavy_modules_loaded"] == {"tensorflow": False, "torch": False, "keras": False, "ray": False}
     side = json.loads((exported / "model.json").read_text())
     assert body["n_items"] == side["n_items"] and body["history_length"] == side["history_length"]
-    assert body["sha256"] == side["sha256"]
+    assert body["sha256"] == side["sha256"] and body["networks"] == 1
     # Belt and braces: no TF/torch shared library is mapped into the process either.
     maps = pathlib.Path(f"/proc/{proc.pid}/maps")
     if maps.exists():

@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_parsers(sub)
     # submit checks the job's command line with a fresh parser, handed over so cli.deploy needs no cli.parser
     sub.choices["submit"].set_defaults(build_parser=build_parser)
-    for command in sub.choices.values():  # also after the command: `rllib-rec train ... --verbose`
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    _accept_verbose_after_commands(parser)
     return parser
+
+
+def _accept_verbose_after_commands(parser: argparse.ArgumentParser) -> None:
+    """-v also after a command and after a nested one: `rllib-rec train ... -v`, `rllib-rec head status -v`."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001
+        for command in action.choices.values():
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+            _accept_verbose_after_commands(command)

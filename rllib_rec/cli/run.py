@@ -44,7 +44,11 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_show_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("show-config", help="print the resolved config (after presets and --set) as YAML")
+    p = sub.add_parser(
+        "show-config", help="print the resolved config (after presets and --set) as YAML",
+        description="Print the config a command would run with: the defaults and the env preset's settings, "
+        "with the file's values and each --set on top, validated as every command validates it. Nothing is "
+        "trained or written.")
     add_config_args(p)
     p.set_defaults(func=_cmd_show_config)
 

@@ -375,7 +375,7 @@ def _convert(work: Path, spec: dict[str, Any], weights: Sequence[dict[str, np.nd
     t1 = time.perf_counter()
     _run_converter(work)
     result = json.loads((work / "result.json").read_text())
-    log(f"converted {', '.join(modes)} with TFLITE_BUILTINS ({time.perf_counter() - t1:.1f}s)")
+    log(f"converted to TFLite (TFLITE_BUILTINS), quantisation: {', '.join(modes)} ({time.perf_counter() - t1:.1f}s)")
     if "dynamic-int8" in modes and not result["modes"]["dynamic-int8"]["tensor_types"].get("INT8"):
         log("note: dynamic-int8 quantised no tensor (TFLite only quantises weights with >= 1024 elements); "
             "the file is numerically the float model")

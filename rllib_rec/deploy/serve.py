@@ -128,6 +128,9 @@ class Recommender:
     def __init__(self, model_path: str | os.PathLike[str], threads: int = 1) -> None:
         path = Path(model_path).expanduser()
         sidecar = path.with_suffix(".json")
+        if path.is_dir():
+            hint = f"; give the file: {path / 'model.tflite'}" if (path / "model.tflite").is_file() else ""
+            raise ServeError(f"{model_path}: a directory, not a .tflite model{hint}")
         if not path.is_file():
             raise ServeError(f"{model_path}: no such model file")
         if path.suffix != ".tflite":
@@ -321,6 +324,8 @@ class Recommender:
             "config_name": self.meta.get("config_name"),
             "config_hash": self.meta.get("config_hash"),
             "sha256": self.meta.get("sha256"),
+            # >1: an ensemble export, whose Q-values are the mean of that many networks'.
+            "networks": len(self.meta.get("members") or [None]),
             "n_items": self.n_items,
             "n_candidates": self.n_candidates,
             "history_length": self.history_length,
@@ -534,6 +539,9 @@ def create_app(recommender: Recommender, max_body_bytes: int = DEFAULT_MAX_BODY_
         for err in exc.errors()[:5]:
             if err.get("type") == "json_invalid":
                 msgs.append("body: not valid JSON")
+                continue
+            if err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",):
+                msgs.append("body: empty (expected a JSON object)")
                 continue
             msgs.append(f"{_loc(err.get('loc', ())) or 'body'}: {err.get('msg', 'invalid')}")
         return JSONResponse(status_code=422, content={"detail": "; ".join(msgs)})
