@@ -109,7 +109,8 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"collect: policy={behaviour.policy_id} env preset={cfg.env.preset} items={env.n_items} "
-          f"candidates={env.n_candidates} episodes={args.episodes} seeds={seed}..", file=sys.stderr)
+          f"candidates={env.n_candidates} episodes={args.episodes} seeds={seed}..{seed + args.episodes - 1}",
+          file=sys.stderr)
     try:
         res = collect_logs(out, cfg.env, behaviour, args.episodes, seed=seed, overwrite=args.overwrite,
                            log=lambda s: print(s, file=sys.stderr))

@@ -117,8 +117,8 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r} (choose from {', '.join(BASELINES)})")
     seed = cfg.run.eval_seed if args.seed is None else args.seed
-    print(f"env preset={cfg.env.preset} items={cfg.env.catalog.n_items} episodes={args.episodes} seeds={seed}..",
-          file=sys.stderr)
+    print(f"env preset={cfg.env.preset} items={cfg.env.catalog.n_items} episodes={args.episodes} "
+          f"seeds={seed}..{seed + args.episodes - 1}", file=sys.stderr)
     summaries = {}
     for name in names:
         t0 = time.perf_counter()

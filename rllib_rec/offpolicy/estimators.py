@@ -592,7 +592,7 @@ def estimates_table(estimates: Sequence[Estimate]) -> str:
     rows = []
     for e in estimates:
         ess = "-" if e.ess is None else f"{e.ess:,.1f}" + (" LOW" if low_ess(e) else "")
-        rows.append([e.name, f"{e.value:.6g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]", ess, f"{e.n:,}"])
+        rows.append([e.name, f"{e.value:.6g}", f"[{e.ci_low:#.4g}, {e.ci_high:#.4g}]", ess, f"{e.n:,}"])
     return format_table(["estimator", "estimate", "95% CI", "ESS", "n"], rows)
 
 
