@@ -214,11 +214,11 @@ def test_tiny_asha_sweep_best_checkpoint_and_concurrency(tmp_path: Path) -> None
         assert (dst / f.relative_to(src)).read_bytes() == f.read_bytes()
     assert set(best["config"]) == {"dqn.lr", "model.embed_dim", "dqn.per_alpha", "dqn.gamma"}
 
-    # Concurrency: two trials' [start, end] intervals overlap (Tune ran 2 at once on 2 CPUs).
+    # Concurrency: two trials' [set-up, last iteration's end] intervals overlap (Tune ran 2 at once on 2 CPUs).
     rows = _trial_rows(sweep_dir)
-    intervals = [(r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in rows.values()]
+    intervals = [(r[0]["running"]["since"], r[-1]["running"]["until"]) for r in rows.values()]
     assert max_overlap(intervals) == 2
-    assert "max trials running at once (from trial timestamps): 2" in proc.stderr
+    assert "max trials running at once (from trials' set-up and end times): 2" in proc.stderr
 
     # The best checkpoint is a complete project checkpoint carrying the trial's sampled config.
     from rllib_rec.training.checkpoints import checkpoint_config, resolve_checkpoint

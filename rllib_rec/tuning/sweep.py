@@ -42,7 +42,7 @@ from rllib_rec.tuning.callbacks import (
     trial_tracking_callback,
 )
 from rllib_rec.tuning.search_space import build_param_space, sampled_values, trial_experiment_config
-from rllib_rec.tuning.trainable import PLACEMENT_KEY
+from rllib_rec.tuning.trainable import PLACEMENT_KEY, RUNNING_KEY
 
 __all__ = ["SweepResult", "run_sweep", "best_lines", "max_overlap", "placement_summary"]
 
@@ -67,6 +67,19 @@ class SweepResult:
     max_concurrent: int
 
 
+def _running_interval(df: Any) -> tuple[float, float] | None:
+    """When the trial's actor was set up and when its last iteration ended (a trial of a sweep started before
+    the trainable reported that: its first iteration's start and last end, to whole seconds)."""
+    if df is None or not len(df):
+        return None
+    since, until = f"{RUNNING_KEY}/since", f"{RUNNING_KEY}/until"
+    if since in df:
+        return float(df[since].iloc[0]), float(df[until].iloc[-1])
+    if "timestamp" in df:
+        return float(df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0]), float(df["timestamp"].iloc[-1])
+    return None
+
+
 def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int]:
     """One row per trial with its best *checkpoint* by ``sweep.metric`` (each checkpoint carries the result it
     was written with), sorted best first; and how many trials ran at once."""
@@ -75,10 +88,9 @@ def _trial_rows(scfg: SweepConfig, grid: Any) -> tuple[list[dict[str, Any]], int
     for r in grid:
         m = r.metrics or {}
         value, iteration, ckpt = _best_checkpoint(r, metric, mode)
-        df = r.metrics_dataframe
-        if df is not None and len(df) and "timestamp" in df:
-            start = float(df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0])
-            intervals.append((start, float(df["timestamp"].iloc[-1])))
+        interval = _running_interval(r.metrics_dataframe)
+        if interval:
+            intervals.append(interval)
         rows.append({
             "trial": str(m.get("trial_id") or Path(r.path).name),
             "trial_dir": str(r.path),
@@ -274,7 +286,7 @@ def _saved_trials(scfg: SweepConfig, grid: Any) -> list[Any]:
 def _log_sweep(table: str, rows: list[dict[str, Any]], trials: list[Any], concurrency: int,
                log: Callable[[str], None]) -> None:
     log(table)
-    log(f"max trials running at once (from trial timestamps): {concurrency}")
+    log(f"max trials running at once (from trials' set-up and end times): {concurrency}")
     log(f"trials per Ray node: {placement_summary(rows)}")
     retried = {t.trial_id: t.num_failures for t in trials if getattr(t, "num_failures", 0)}
     log("trial errors retried: " + (", ".join(f"{k} x{v}" for k, v in sorted(retried.items())) or "none"))

@@ -25,12 +25,16 @@ import_rllib_quietly()
 from rllib_rec.agent.dqn import RecDQN  # noqa: E402
 from rllib_rec.agent.registry import RUNTIME_KEY  # noqa: E402
 
-__all__ = ["PLACEMENT_KEY", "VALIDATION_KEY", "InjectedTrialError", "TunedDQN"]
+__all__ = ["PLACEMENT_KEY", "RUNNING_KEY", "VALIDATION_KEY", "InjectedTrialError", "TunedDQN"]
 
 PLACEMENT_KEY = "placement"  # a trial result's entry: {"trial_node": id, "env_runner_nodes": [ids]}
 # A result's entry at checkpoint iterations: {"return_mean", "episodes", "seed", "seconds"}; the runtime
 # dict's entry (set by search_space.build_param_space): {"episodes", "seed", "every", "last", "env"}.
 VALIDATION_KEY = "validation"
+# A result's entry {"since": t, "until": t} (time.time()): the trial's actor set up at `since`, the iteration
+# ended at `until`. Tune's own `timestamp` is whole seconds and leaves out the set-up, which for a short trial
+# is most of the time it holds its CPUs, so concurrency is judged from these.
+RUNNING_KEY = "running"
 
 
 class InjectedTrialError(RuntimeError):
@@ -40,11 +44,16 @@ class InjectedTrialError(RuntimeError):
 class TunedDQN(RecDQN):
     """The project's DQN with validation scores, placement reports and injected trial errors."""
 
+    def setup(self, config: dict) -> None:
+        self._set_up_at = time.time()
+        super().setup(config)
+
     def step(self) -> dict:
         self._maybe_inject_error()
         result = super().step()
         result[PLACEMENT_KEY] = {"trial_node": _node_id(), "env_runner_nodes": self._env_runner_nodes()}
         self._maybe_validate(result)
+        result[RUNNING_KEY] = {"since": self._set_up_at, "until": time.time()}
         return result
 
     def _maybe_validate(self, result: dict) -> None:
